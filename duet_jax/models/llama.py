@@ -1,0 +1,201 @@
+"""Llama decoder with the semantics of HF `LlamaForCausalLM`.
+
+RMSNorm, rotate-half RoPE (with HF's rope_scaling types), grouped-query
+attention through `jax.nn.dot_product_attention` (fused kernels on GPU
+builds), SwiGLU MLP, optional tied embeddings. Layers are stacked and run by
+`lax.scan` over any static slice `[lo, hi)`, so callers (LLaVA with Stage 2)
+can change the sequence between slices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from duet_jax.models.common import ACTIVATIONS, init_stacked, rms_norm, slice_layers
+from duet_jax.models.config import TextConfig
+from duet_jax.models.rope import apply_rope, inv_freq_for, rope_cos_sin
+
+
+class LlamaAttention(nn.Module):
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+        """x [B, T, D]; mask [B, 1, T, S] bool; kv_cache (k, v) each [B, S, KV, hd].
+
+        With a cache, the new keys/values are written at `cache_index` and the
+        queries attend over the whole cache (masked by `mask`).
+        Returns (out [B, T, D], (k, v)) where (k, v) are what a cache would hold.
+        """
+        cfg = self.config
+        b, t, _ = x.shape
+        h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        dense = lambda n, name: nn.Dense(n, use_bias=cfg.attention_bias, dtype=self.dtype, name=name)
+        q = apply_rope(dense(h * hd, "q_proj")(x).reshape(b, t, h, hd), cos, sin)
+        k = apply_rope(dense(kv * hd, "k_proj")(x).reshape(b, t, kv, hd), cos, sin)
+        v = dense(kv * hd, "v_proj")(x).reshape(b, t, kv, hd)
+        if kv_cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, 1)
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                           scale=hd ** -0.5)
+        out = nn.Dense(cfg.hidden_size, use_bias=cfg.attention_bias, dtype=self.dtype,
+                       name="o_proj")(out.reshape(b, t, h * hd))
+        return out, (k, v)
+
+
+class LlamaMLP(nn.Module):
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dense = lambda n, name: nn.Dense(n, use_bias=cfg.mlp_bias, dtype=self.dtype, name=name)
+        act = ACTIVATIONS[cfg.hidden_act]
+        gated = act(dense(cfg.intermediate_size, "gate_proj")(x)) * dense(cfg.intermediate_size, "up_proj")(x)
+        return dense(cfg.hidden_size, "down_proj")(gated)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x):
+        return rms_norm(x, self.param("scale", nn.initializers.ones, (x.shape[-1],)), self.eps)
+
+
+class LlamaDecoderLayer(nn.Module):
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+        cfg = self.config
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, name=name)
+        attn, new_kv = LlamaAttention(cfg, self.dtype, name="self_attn")(
+            norm("input_layernorm")(x), cos, sin, mask, kv_cache, cache_index)
+        x = x + attn
+        x = x + LlamaMLP(cfg, self.dtype, name="mlp")(norm("post_attention_layernorm")(x))
+        return x, new_kv
+
+
+def causal_mask(valid: jax.Array) -> jax.Array:
+    """valid [B, L] -> [B, 1, L, L] bool: key <= query and key valid."""
+    length = valid.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    return causal[None, None] & valid.astype(bool)[:, None, None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaModel:
+    """Pure Llama LM: `model.apply(params, input_ids, attention_mask)`.
+
+    `params` follows the layout in `duet_jax.models.config`; params are
+    upcast/downcast to `dtype` inside the computation.
+    """
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32          # compute dtype
+    param_dtype: jnp.dtype = jnp.float32
+    remat: bool = False                     # jax.checkpoint each layer (training)
+
+    def _layer(self):
+        return LlamaDecoderLayer(self.config, self.dtype)
+
+    def init(self, rng: jax.Array) -> dict:
+        cfg = self.config
+        k_emb, k_layers, k_head = jax.random.split(rng, 3)
+        d = cfg.hidden_size
+        x = jnp.zeros((1, 2, d), self.dtype)
+        cos = sin = jnp.zeros((1, 2, cfg.head_dim), self.dtype)
+        mask = jnp.ones((1, 1, 2, 2), bool)
+        normal = lambda k, shape: (0.02 * jax.random.normal(k, shape)).astype(self.param_dtype)
+        params = {
+            "embed_tokens": {"embedding": normal(k_emb, (cfg.vocab_size, d))},
+            "layers": init_stacked(self._layer(), k_layers, cfg.num_hidden_layers, x,
+                                   self.param_dtype, cos=cos, sin=sin, mask=mask),
+            "norm": {"scale": jnp.ones((d,), self.param_dtype)},
+        }
+        if not cfg.tie_word_embeddings:
+            params["lm_head"] = {"kernel": normal(k_head, (d, cfg.vocab_size))}
+        return params
+
+    def embed(self, params: dict, input_ids: jax.Array) -> jax.Array:
+        """[B, L] int -> [B, L, D]; ids outside the vocab (placeholders) embed as row 0."""
+        table = params["embed_tokens"]["embedding"]
+        ids = jnp.where((input_ids >= 0) & (input_ids < table.shape[0]), input_ids, 0)
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
+
+    def rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        inv, scaling = inv_freq_for(self.config, positions)
+        return rope_cos_sin(positions, inv, scaling, self.dtype)
+
+    def run_layers(self, params: dict, h: jax.Array, positions: jax.Array, valid: jax.Array,
+                   lo: int, hi: int, *, return_kv: bool = False):
+        """Runs decoder layers `lo..hi-1` on h [B, L, D].
+
+        positions [B, L] int (RoPE ids), valid [B, L] (1 = real token).
+        Returns (h, kv) with kv = (k, v) each [hi-lo, B, L, KV, hd] if asked.
+        """
+        if hi <= lo:
+            return h, None
+        cos, sin = self.rope(positions)
+        mask = causal_mask(valid)
+        layer = self._layer()
+
+        def body(x, p):
+            x, kv = layer.apply({"params": p}, x, cos, sin, mask)
+            return x, (kv if return_kv else None)
+
+        if self.remat:
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        h, kv = jax.lax.scan(body, h, slice_layers(params["layers"], lo, hi))
+        return h, kv
+
+    def decode_layers(self, params: dict, h: jax.Array, positions: jax.Array, cache_valid: jax.Array,
+                      caches: tuple, cache_index: jax.Array, lo: int, hi: int):
+        """One cached step through layers `lo..hi-1`.
+
+        h [B, T, D] new tokens, positions [B, T], cache_valid [B, S] (1 = slot holds a real
+        key, the new slots included), caches (k, v) each [hi-lo, B, S, KV, hd].
+        Returns (h, updated caches).
+        """
+        cos, sin = self.rope(positions)
+        t, s = h.shape[1], cache_valid.shape[1]
+        slot = jnp.arange(s)[None, None, :]
+        query_slot = cache_index + jnp.arange(t)[None, :, None]
+        mask = ((slot <= query_slot) & cache_valid.astype(bool)[:, None, :])[:, None]
+        layer = self._layer()
+
+        def body(x, inputs):
+            p, ck, cv = inputs
+            x, kv = layer.apply({"params": p}, x, cos, sin, mask, (ck, cv), cache_index)
+            return x, kv
+
+        h, kv = jax.lax.scan(body, h, (slice_layers(params["layers"], lo, hi), *caches))
+        return h, kv
+
+    def head(self, params: dict, h: jax.Array) -> jax.Array:
+        """Final norm + LM head: [B, L, D] -> [B, L, V] float32."""
+        h = rms_norm(h, params["norm"]["scale"], self.config.rms_norm_eps)
+        if self.config.tie_word_embeddings:
+            w = params["embed_tokens"]["embedding"].astype(self.dtype).T
+        else:
+            w = params["lm_head"]["kernel"].astype(self.dtype)
+        return jnp.einsum("bld,dv->blv", h, w, preferred_element_type=jnp.float32)
+
+    def apply(self, params: dict, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None,
+              positions: Optional[jax.Array] = None, inputs_embeds: Optional[jax.Array] = None):
+        """Logits [B, L, V] float32 of the unreduced LM (HF `LlamaForCausalLM` semantics)."""
+        h = self.embed(params, input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        b, length = h.shape[:2]
+        valid = jnp.ones((b, length), bool) if attention_mask is None else attention_mask.astype(bool)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+        h, _ = self.run_layers(params, h, positions, valid, 0, self.config.num_hidden_layers)
+        return self.head(params, h)

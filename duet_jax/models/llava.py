@@ -1,0 +1,162 @@
+"""LLaVA-1.5 assembly: CLIP tower -> 2-layer GELU projector -> spliced into Llama.
+
+With a `ReductionConfig`, Stage 1 (vision-to-vision merge) runs inside the
+CLIP selection layer and Stage 2 (text-to-vision drop) runs between static
+segments of the Llama stack; see `duet_jax.models.reduced`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from duet_jax.models.clip import CLIPVisionTower
+from duet_jax.models.common import ACTIVATIONS
+from duet_jax.models.config import LlavaConfig
+from duet_jax.models.llama import LlamaModel
+
+IGNORE_INDEX = -100
+
+
+class Sequence(NamedTuple):
+    """A batch of LM inputs; every field is right-padded to one static length L."""
+    hidden: jax.Array       # [B, L, D]
+    valid: jax.Array        # [B, L] bool
+    positions: jax.Array    # [B, L] int32 RoPE ids
+    labels: jax.Array       # [B, L] int32, IGNORE_INDEX where not supervised
+    image_start: jax.Array  # [B] int32 index of the first image token (0 if none)
+    has_image: jax.Array    # [B] bool
+
+
+class ImageFeatures(NamedTuple):
+    tokens: jax.Array                 # [B, K, D_text] projected image tokens
+    positions: Optional[jax.Array]    # [B, K] vision-sequence position of each row (Stage 1)
+    merge: Optional[object] = None    # Stage-1 output (for kept-token pictures)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaModel:
+    """Pure LLaVA-1.5: `model.apply(params, input_ids, pixel_values, ...)`."""
+    config: LlavaConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @property
+    def vision(self) -> CLIPVisionTower:
+        return CLIPVisionTower(self.config.vision, self.dtype, self.param_dtype)
+
+    @property
+    def text(self) -> LlamaModel:
+        return LlamaModel(self.config.text, self.dtype, self.param_dtype, self.remat)
+
+    def init(self, rng: jax.Array) -> dict:
+        k_v, k_p1, k_p2, k_t = jax.random.split(rng, 4)
+        dv, dt = self.config.vision.hidden_size, self.config.text.hidden_size
+        normal = lambda k, shape: (0.02 * jax.random.normal(k, shape)).astype(self.param_dtype)
+        zeros = lambda n: jnp.zeros((n,), self.param_dtype)
+        projector = {"linear_1": {"kernel": normal(k_p1, (dv, dt))},
+                     "linear_2": {"kernel": normal(k_p2, (dt, dt))}}
+        if self.config.multimodal_projector_bias:
+            projector["linear_1"]["bias"] = zeros(dt)
+            projector["linear_2"]["bias"] = zeros(dt)
+        return {"vision": self.vision.init(k_v), "projector": projector, "text": self.text.init(k_t)}
+
+    def project(self, params: dict, x: jax.Array) -> jax.Array:
+        """Projector: [B, K, Dv] -> [B, K, Dt]."""
+        act = ACTIVATIONS[self.config.projector_hidden_act]
+        for i, name in enumerate(("linear_1", "linear_2")):
+            p = params["projector"][name]
+            x = x.astype(self.dtype) @ p["kernel"].astype(self.dtype)
+            if "bias" in p:
+                x = x + p["bias"].astype(self.dtype)
+            if i == 0:
+                x = act(x)
+        return x
+
+    def image_features(self, params: dict, pixel_values: jax.Array, stage1=None) -> ImageFeatures:
+        """pixel_values [B, 3, H, W] -> projected image tokens [B, K, Dt]."""
+        layer = self.config.feature_layer_index
+        if stage1 is None:
+            out = self.vision.apply(params["vision"], pixel_values, stop_after=layer)
+            feats = out.hidden if self.config.vision_feature_select_strategy == "full" else out.hidden[:, 1:]
+            return ImageFeatures(self.project(params, feats), None)
+        from duet_jax.reduction import vision_merge   # models call reduction, never the reverse
+        out = self.vision.apply(params["vision"], pixel_values, stop_after=layer, probe_layer=layer,
+                                probe_full_attn=stage1.mode == "paper")
+        kwargs = {"attn": out.probe.attn} if stage1.mode == "paper" else {}
+        merged = vision_merge(out.probe.cls_attn, out.hidden, out.probe.metric,
+                              dominant=stage1.dominant, contextual=stage1.contextual,
+                              width=stage1.width, mode=stage1.mode, **kwargs)
+        # Stage 1 runs on the frozen tower without gradients (ALGORITHM.md §7).
+        tokens = jax.lax.stop_gradient(merged.tokens)
+        return ImageFeatures(self.project(params, tokens), merged.positions, merged)
+
+    def splice(self, params: dict, input_ids: jax.Array, feats: jax.Array,
+               attention_mask: Optional[jax.Array], labels: Optional[jax.Array],
+               images_in_every_sample: bool = True) -> Sequence:
+        """Replaces each sample's block of `image_seq_length` image-token ids by its K features.
+
+        input_ids [B, L] (llava-hf convention, right padding), feats [B, K, Dt].
+        Output length is L - (image_seq_length - K) when every sample has an image,
+        else L (static either way).
+        """
+        cfg = self.config
+        b, length = input_ids.shape
+        k = feats.shape[1]
+        n_ids = cfg.image_seq_length
+        valid_in = jnp.ones((b, length), bool) if attention_mask is None else attention_mask.astype(bool)
+        labels = jnp.full((b, length), IGNORE_INDEX, jnp.int32) if labels is None else labels.astype(jnp.int32)
+        is_img = (input_ids == cfg.image_token_index) & valid_in
+        has_image = is_img.any(axis=1)
+        start = jnp.where(has_image, jnp.argmax(is_img, axis=1), 0).astype(jnp.int32)
+        out_len = length - (n_ids - k) if images_in_every_sample else length
+        j = jnp.arange(out_len)[None, :]
+        st = start[:, None]
+        src = jnp.where(j < st, j, jnp.where(j < st + k, length + j - st, j + (n_ids - k)))
+        src = jnp.where(has_image[:, None], src, j)
+        new_len = valid_in.sum(1) - jnp.where(has_image, n_ids - k, 0)
+        valid = j < new_len[:, None]
+        src = jnp.where(valid, src, 0)
+        text = self.text.embed(params["text"], input_ids)
+        pool = jnp.concatenate([text, feats.astype(self.dtype)], axis=1)
+        hidden = jnp.take_along_axis(pool, src[..., None], axis=1)
+        hidden = jnp.where(valid[..., None], hidden, 0)
+        lab_pool = jnp.concatenate([labels, jnp.full((b, k), IGNORE_INDEX, jnp.int32)], axis=1)
+        labels = jnp.where(valid, jnp.take_along_axis(lab_pool, src, axis=1), IGNORE_INDEX)
+        positions = jnp.where(valid, j, 0).astype(jnp.int32)
+        return Sequence(hidden, valid, positions, labels, start, has_image)
+
+    def check_inputs(self, input_ids, pixel_values) -> None:
+        """Host-side shape checks with messages that say how to fix the input."""
+        cfg = self.config
+        n_img = np.asarray(jax.device_get(input_ids == cfg.image_token_index)).sum(1)
+        bad = [i for i, n in enumerate(n_img) if n not in (0, cfg.image_seq_length)]
+        if bad:
+            raise ValueError(
+                f"sample(s) {bad[:3]} have {int(n_img[bad[0]])} image tokens; each image must occupy "
+                f"exactly image_seq_length={cfg.image_seq_length} consecutive ids "
+                f"{cfg.image_token_index} (build prompts with duet_jax.data / LlavaProcessor)")
+        if pixel_values is not None and pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"pixel_values has batch {pixel_values.shape[0]} but input_ids has "
+                             f"{input_ids.shape[0]}; pass one image per sample")
+
+    def apply(self, params: dict, input_ids: jax.Array, pixel_values: jax.Array,
+              attention_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
+              reduction=None, images_in_every_sample: bool = True):
+        """Logits [B, L', V] float32 and the final sequence (labels/valid after any drops).
+
+        `reduction` is a `duet_jax.reduction.ReductionConfig` (static) or None,
+        which is exactly the unreduced LLaVA forward (L' = L).
+        """
+        from duet_jax.models.reduced import run_language_model
+        stage1 = reduction.stage1 if reduction is not None else None
+        feats = self.image_features(params, pixel_values, stage1)
+        seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels, images_in_every_sample)
+        stage2 = reduction.stage2 if reduction is not None else None
+        seq = run_language_model(self.text, params["text"], seq, feats.tokens.shape[1], stage2,
+                                 images_in_every_sample)
+        return self.text.head(params["text"], seq.hidden), seq
