@@ -29,12 +29,20 @@ class Sequence(NamedTuple):
     labels: jax.Array       # [B, L] int32, IGNORE_INDEX where not supervised
     image_start: jax.Array  # [B] int32 index of the first image token (0 if none)
     has_image: jax.Array    # [B] bool
+    prompt: jax.Array       # [B, L] bool rows of the prompt (Stage-2 query candidates at inference)
 
 
 class ImageFeatures(NamedTuple):
     tokens: jax.Array                 # [B, K, D_text] projected image tokens
     positions: Optional[jax.Array]    # [B, K] vision-sequence position of each row (Stage 1)
     merge: Optional[object] = None    # Stage-1 output (for kept-token pictures)
+
+
+class Forward(NamedTuple):
+    sequence: Sequence        # final (shortest) sequence, hidden before the final norm
+    segments: tuple           # duet_jax.models.reduced.Segment per layer segment
+    kept: tuple               # [B, n_s] kept image indices per Stage-2 boundary
+    features: ImageFeatures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +105,14 @@ class LlavaModel:
 
     def splice(self, params: dict, input_ids: jax.Array, feats: jax.Array,
                attention_mask: Optional[jax.Array], labels: Optional[jax.Array],
-               images_in_every_sample: bool = True) -> Sequence:
+               images_in_every_sample: bool = True,
+               prompt_lengths: Optional[jax.Array] = None) -> Sequence:
         """Replaces each sample's block of `image_seq_length` image-token ids by its K features.
 
         input_ids [B, L] (llava-hf convention, right padding), feats [B, K, Dt].
         Output length is L - (image_seq_length - K) when every sample has an image,
-        else L (static either way).
+        else L (static either way). `prompt_lengths` [B] (default: the valid lengths)
+        marks which rows are prompt, in input_ids coordinates.
         """
         cfg = self.config
         b, length = input_ids.shape
@@ -128,7 +138,9 @@ class LlavaModel:
         lab_pool = jnp.concatenate([labels, jnp.full((b, k), IGNORE_INDEX, jnp.int32)], axis=1)
         labels = jnp.where(valid, jnp.take_along_axis(lab_pool, src, axis=1), IGNORE_INDEX)
         positions = jnp.where(valid, j, 0).astype(jnp.int32)
-        return Sequence(hidden, valid, positions, labels, start, has_image)
+        prompt_len = valid_in.sum(1) if prompt_lengths is None else prompt_lengths
+        prompt = valid & (j < (prompt_len - jnp.where(has_image, n_ids - k, 0))[:, None])
+        return Sequence(hidden, valid, positions, labels, start, has_image, prompt)
 
     def check_inputs(self, input_ids, pixel_values) -> None:
         """Host-side shape checks with messages that say how to fix the input."""
@@ -146,17 +158,30 @@ class LlavaModel:
 
     def apply(self, params: dict, input_ids: jax.Array, pixel_values: jax.Array,
               attention_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
-              reduction=None, images_in_every_sample: bool = True):
-        """Logits [B, L', V] float32 and the final sequence (labels/valid after any drops).
+              reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
+              prompt_lengths: Optional[jax.Array] = None, segment_lengths=None):
+        """Logits [B, L', V] float32 and the final `Sequence` (labels/valid after any drops).
 
         `reduction` is a `duet_jax.reduction.ReductionConfig` (static) or None,
-        which is exactly the unreduced LLaVA forward (L' = L).
+        which is exactly the unreduced LLaVA forward (L' = L). `train` selects the
+        training query sets (from labels) for Stage 2.
         """
+        out = self.forward(params, input_ids, pixel_values, attention_mask, labels, reduction,
+                           images_in_every_sample, train=train, prompt_lengths=prompt_lengths,
+                           segment_lengths=segment_lengths)
+        return self.text.head(params["text"], out.sequence.hidden), out.sequence
+
+    def forward(self, params: dict, input_ids, pixel_values, attention_mask=None, labels=None,
+                reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
+                prompt_lengths=None, segment_lengths=None, return_kv: bool = False) -> "Forward":
+        """Everything up to the final norm: final sequence, per-segment state, selections."""
         from duet_jax.models.reduced import run_language_model
         stage1 = reduction.stage1 if reduction is not None else None
-        feats = self.image_features(params, pixel_values, stage1)
-        seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels, images_in_every_sample)
         stage2 = reduction.stage2 if reduction is not None else None
-        seq = run_language_model(self.text, params["text"], seq, feats.tokens.shape[1], stage2,
-                                 images_in_every_sample)
-        return self.text.head(params["text"], seq.hidden), seq
+        feats = self.image_features(params, pixel_values, stage1)
+        seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels,
+                          images_in_every_sample, prompt_lengths)
+        seq, segments, kept = run_language_model(
+            self.text, params["text"], seq, feats.tokens.shape[1], stage2, images_in_every_sample,
+            train=train, segment_lengths=segment_lengths, return_kv=return_kv)
+        return Forward(seq, tuple(segments), tuple(kept), feats)
