@@ -1,2 +1,23 @@
-"""duet_jax: DUET-VLM dual-stage visual-token reduction for LLaVA-style VLMs, in JAX/Flax."""
+"""duet_jax: DUET-VLM dual-stage visual-token reduction for LLaVA-style VLMs, in JAX/Flax.
+
+Heavy submodules load lazily, so that `eval.py score` (which must not import
+JAX) can use the package.
+"""
+import importlib
+
 __version__ = "0.1.0"
+
+_LAZY = {"load_llava": ("duet_jax.api", "load_llava"), "Llava": ("duet_jax.api", "Llava"),
+         "presets": ("duet_jax.reduction.presets", None),
+         "reduction": ("duet_jax.reduction", None)}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'duet_jax' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module)
+    return mod if attr is None else getattr(mod, attr)
+
+
+__all__ = ["load_llava", "Llava", "presets", "reduction"]

@@ -7,8 +7,7 @@ from jax.sharding import NamedSharding
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
 from duet_jax.sharding import batch_sharding, logical_axes, make_mesh, param_shardings
-from tests.helpers.tiny_hf import tiny_llava, llava_batch
-from tests.helpers.torch_params import sd_to_params
+from tests.helpers.tiny_hf import jax_params, tiny_llava, llava_batch
 
 
 def test_logical_axes_cover_column_and_row_parallel_layers():
@@ -22,8 +21,7 @@ def test_logical_axes_cover_column_and_row_parallel_layers():
 def test_sharded_forward_equals_single_device(shape):
     assert jax.device_count() == 8, "conftest must force 8 host devices"
     hf = tiny_llava()
-    cfg = LlavaConfig.from_hf(hf.config.to_dict())
-    params = sd_to_params(hf.state_dict(), cfg)
+    cfg, params = jax_params(hf)
     ids, mask, pixels = llava_batch(hf.config, text_lengths=(14, 9, 12, 5, 14, 3, 8, 10))
     model = LlavaModel(cfg)
     ref, _ = jax.jit(model.apply)(params, ids, pixels, mask)

@@ -40,6 +40,8 @@ def _pick(d: Mapping[str, Any], cls, **override):
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+    """Defaults are the CLIP ViT-L/14-336 tower HF `LlavaConfig` assumes; partial hub
+    configs are completed by `duet_jax.checkpoints` through transformers first."""
     hidden_size: int = 1024
     intermediate_size: int = 4096
     num_hidden_layers: int = 24
@@ -65,16 +67,17 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    vocab_size: int = 32064
+    """Defaults are HF `LlamaConfig`'s."""
+    vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
-    num_key_value_heads: int = 32
+    num_key_value_heads: Optional[int] = None     # None: = num_attention_heads
     head_dim: Optional[int] = None
     hidden_act: str = "silu"
-    max_position_embeddings: int = 4096
-    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling: Optional[tuple] = None    # sorted (key, value) pairs: hashable for jit
     attention_bias: bool = False
@@ -85,6 +88,8 @@ class TextConfig:
     eos_token_id: Optional[int] = 2
 
     def __post_init__(self):
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if isinstance(self.rope_scaling, Mapping):

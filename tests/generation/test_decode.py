@@ -10,8 +10,7 @@ from duet_jax.generation.decode import generate_tokens, sample_token
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
 from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
-from tests.helpers.tiny_hf import tiny_llava, llava_batch
-from tests.helpers.torch_params import sd_to_params
+from tests.helpers.tiny_hf import jax_params, tiny_llava, llava_batch
 
 EOS = 2
 NEW = 6
@@ -19,8 +18,7 @@ NEW = 6
 
 def _setup(**kw):
     hf = tiny_llava(text_layers=4, **kw)
-    cfg = LlavaConfig.from_hf(hf.config.to_dict())
-    return hf, cfg, sd_to_params(hf.state_dict(), cfg)
+    return (hf, *jax_params(hf))
 
 
 def test_greedy_matches_hf_generate_batched_with_padding():

@@ -1,6 +1,8 @@
 """Tiny random HF PyTorch models: the numerical reference of the Flax ones."""
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig
@@ -30,7 +32,18 @@ def tiny_llava(seed=0, **kw) -> LlavaForConditionalGeneration:
     torch.manual_seed(seed)
     cfg = tiny_llava_config(**kw)
     model = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():   # default init leaves biases 0 and norms 1: make every value matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     return model.eval()
+
+
+def jax_params(hf: LlavaForConditionalGeneration):
+    """(LlavaConfig, params) through the real checkpoint path: save_pretrained + load_params."""
+    from duet_jax.checkpoints import load_params
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        return load_params(d)
 
 
 def llava_batch(cfg: HFLlavaConfig, text_lengths=(14, 9), image_at=3, seed=0):

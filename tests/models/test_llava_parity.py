@@ -7,8 +7,7 @@ import jax.numpy as jnp
 
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
-from tests.helpers.tiny_hf import tiny_llava, llava_batch
-from tests.helpers.torch_params import sd_to_params
+from tests.helpers.tiny_hf import jax_params, tiny_llava, llava_batch
 
 CASES = {
     "gqa-56-default": dict(kv_heads=2),
@@ -25,8 +24,7 @@ CASES = {
 
 def _setup(kw):
     hf = tiny_llava(**kw)
-    cfg = LlavaConfig.from_hf(hf.config.to_dict())
-    return hf, cfg, sd_to_params(hf.state_dict(), cfg)
+    return (hf, *jax_params(hf))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -1,5 +1,7 @@
 """Reduced LLaVA forward == a slow per-sample reference that runs the unreduced
 layers on explicitly gathered token subsets, ranking with HF PyTorch eager attention."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,7 @@ import jax.numpy as jnp
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
 from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
-from tests.helpers.tiny_hf import tiny_llava, llava_batch
-from tests.helpers.torch_params import sd_to_params
+from tests.helpers.tiny_hf import jax_params, tiny_llava, llava_batch
 
 REDUCTIONS = {
     "duet": ReductionConfig("t-duet", Stage1Config(6, 3, 2), Stage2Config((1, 3), (0.5, 0.0))),
@@ -39,11 +40,18 @@ def _hf_image_scores(hf, layer, h, start, n_img, queries, positions):
     return w[queries][:, start:start + n_img].mean(0)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _run_layers(text, params, x, positions, lo, hi):
+    return text.run_layers(params, x[None], positions[None], jnp.ones((1, x.shape[0]), bool),
+                           lo, hi)[0][0]
+
+
 def _reference(hf, model, params, ids, pixels, length, prompt_len, red):
     """Batch-1, unpadded, explicit gathers; returns logits of the final sequence."""
     cfg = model.config
     ids, pixels = ids[None, :length], pixels[None]
-    feats = np.asarray(model.image_features(params, pixels, red.stage1).tokens[0])
+    feats = np.asarray(jax.jit(model.image_features, static_argnums=2)(
+        params, pixels, red.stage1).tokens[0])
     start = int(np.argmax(ids[0] == cfg.image_token_index))
     emb = np.asarray(model.text.embed(params["text"], ids))[0]
     h = np.concatenate([emb[:start], feats, emb[start + cfg.image_seq_length:]])
@@ -56,9 +64,7 @@ def _reference(hf, model, params, ids, pixels, length, prompt_len, red):
     for s in range(len(bounds) - 1):
         lo, hi = bounds[s], bounds[s + 1]
         fastv = s2 is not None and s2.method == "fastv" and s < len(bounds) - 2
-        run = lambda x, a, b: np.asarray(model.text.run_layers(
-            params["text"], jnp.asarray(x)[None], jnp.asarray(positions)[None],
-            jnp.ones((1, len(x)), bool), a, b)[0][0])
+        run = lambda x, a, b: np.asarray(_run_layers(model.text, params["text"], x, positions, a, b))
         h_pre = run(h, lo, hi - 1) if fastv else None
         h = run(h_pre, hi - 1, hi) if fastv else run(h, lo, hi)
         if s == len(bounds) - 2 or counts[s] == 0:
@@ -81,9 +87,8 @@ def _reference(hf, model, params, ids, pixels, length, prompt_len, red):
 def test_reduced_forward_equals_gathered_reference(name):
     red = REDUCTIONS[name]
     hf = tiny_llava(text_layers=4, kv_heads=2)
-    cfg = LlavaConfig.from_hf(hf.config.to_dict())
+    cfg, params = jax_params(hf)
     red.validate(cfg.vision.num_patches, cfg.text.num_hidden_layers)
-    params = sd_to_params(hf.state_dict(), cfg)
     ids, mask, pixels = llava_batch(hf.config, text_lengths=(14, 8, 11), seed=3)
     model = LlavaModel(cfg)
     prompt_lengths = mask.sum(1)
@@ -99,8 +104,7 @@ def test_reduced_forward_equals_gathered_reference(name):
 
 def test_no_reduction_is_the_plain_forward():
     hf = tiny_llava()
-    cfg = LlavaConfig.from_hf(hf.config.to_dict())
-    params = sd_to_params(hf.state_dict(), cfg)
+    cfg, params = jax_params(hf)
     ids, mask, pixels = llava_batch(hf.config)
     a, _ = LlavaModel(cfg).apply(params, ids, pixels, mask, reduction=None)
     b, _ = LlavaModel(cfg).apply(params, ids, pixels, mask,

@@ -1,0 +1,40 @@
+"""Analytic forward FLOPs of a LLaVA prefill (up to last-token logits), per reduction."""
+from __future__ import annotations
+
+from duet_jax.models.config import LlavaConfig
+
+
+def _layer(t: int, d: int, attn_out: int, qkv_out: int, mlp: int, n_mlp_mats: int) -> float:
+    linear = 2 * t * d * (qkv_out + attn_out) + 2 * t * n_mlp_mats * d * mlp
+    attention = 4 * t * t * attn_out     # QK^T and AV over the full (masked) square
+    return linear + attention
+
+
+def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None) -> dict:
+    """FLOPs of CLIP (to the feature layer), projector, LM layers, Stage-2 scoring and
+    the last-token head, for one sample with `text_tokens` text tokens."""
+    v, t = cfg.vision, cfg.text
+    n_vis = v.num_patches + 1
+    clip = 2 * v.num_patches * v.patch_size ** 2 * v.num_channels * v.hidden_size
+    clip += (cfg.feature_layer_index + 1) * _layer(n_vis, v.hidden_size, v.hidden_size,
+                                                   3 * v.hidden_size, v.intermediate_size, 2)
+    n0 = cfg.num_image_tokens
+    if reduction is not None and reduction.stage1 is not None:
+        n0 = reduction.stage1.output_size(v.num_patches)
+    proj = 2 * n0 * (v.hidden_size + t.hidden_size) * t.hidden_size
+    hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    counts, bounds = [n0], [0, t.num_hidden_layers]
+    if reduction is not None and reduction.stage2 is not None:
+        counts = reduction.stage2.image_counts(n0)
+        bounds = [0, *reduction.stage2.layers, t.num_hidden_layers]
+    lm = scoring = 0.0
+    for s in range(len(bounds) - 1):
+        length = text_tokens + counts[s]
+        lm += (bounds[s + 1] - bounds[s]) * _layer(length, t.hidden_size, hq, hq + 2 * hkv,
+                                                   t.intermediate_size, 3)
+        if s < len(bounds) - 2:
+            scoring += 2 * length * t.hidden_size * (hq + hkv) + 2 * length * length * hq
+    head = 2 * t.hidden_size * t.vocab_size
+    total = clip + proj + lm + scoring + head
+    return {"clip": clip, "projector": proj, "lm": lm, "scoring": scoring, "head": head,
+            "total": total, "visual_tokens_in": n0}

@@ -1,0 +1,156 @@
+"""The public model handle: `duet_jax.load_llava(path)` (API.md §3)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from duet_jax.models.config import LlavaConfig
+from duet_jax.models.llava import LlavaModel
+from duet_jax.reduction import ReductionConfig, resolve_reduction
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _dtype(name):
+    if name is None or not isinstance(name, str):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {name!r} is not supported; use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@functools.partial(jax.jit, static_argnames=("module", "reduction", "images_in_every_sample"))
+def _logits(module, params, input_ids, pixel_values, attention_mask, reduction,
+            images_in_every_sample):
+    logits, seq = module.apply(params, input_ids, pixel_values, attention_mask,
+                               reduction=reduction, images_in_every_sample=images_in_every_sample)
+    return logits, seq.valid
+
+
+@dataclasses.dataclass(frozen=True)
+class Llava:
+    """A thin, frozen container: config + pure module + params (+ pre-processing)."""
+    config: LlavaConfig
+    module: LlavaModel
+    params: Any
+    path: Optional[str] = None
+
+    def reduction(self, reduction: Union[None, str, ReductionConfig]) -> Optional[ReductionConfig]:
+        """Resolves a preset name / config and checks it fits this model."""
+        red = resolve_reduction(reduction)
+        if red is not None:
+            red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers)
+        return red
+
+    def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None):
+        """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
+        input_ids = jnp.asarray(input_ids)
+        self.module.check_inputs(input_ids, pixel_values)
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        every = bool(np.all(np.asarray(input_ids == self.config.image_token_index).any(1)))
+        logits, _ = _logits(self.module, self.params, input_ids, jnp.asarray(pixel_values),
+                            jnp.asarray(attention_mask), self.reduction(reduction), every)
+        return logits
+
+    @functools.cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+        if self.path is None:
+            raise ValueError("this model was not loaded from a directory; pass a tokenizer")
+        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+
+    @functools.cached_property
+    def image_processor(self):
+        from duet_jax.data.images import load_image_processor
+        return load_image_processor(self.path, image_size=self.config.vision.image_size)
+
+    def encode(self, prompts: Sequence[str], images: Sequence) -> dict:
+        """User messages + images (paths, PIL images or None) -> a right-padded batch.
+
+        A message is wrapped in the vicuna_v1 template with `<image>\\n` in front
+        (EVAL.md §0) unless it already is a full prompt ending in `ASSISTANT:`.
+        """
+        from duet_jax.data.conversation import build_eval_prompt
+        from duet_jax.data.images import preprocess_image
+        from duet_jax.data.tokenize import right_pad, tokenize_prompt
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
+                             "(or None) per prompt")
+        cfg, size = self.config, self.config.vision.image_size
+        ids, pixels = [], []
+        for text, image in zip(prompts, images):
+            full = text if text.rstrip().endswith("ASSISTANT:") else build_eval_prompt(
+                text, has_image=image is not None)
+            ids.append(tokenize_prompt(full, self.tokenizer, image_token_index=cfg.image_token_index,
+                                       image_seq_length=cfg.image_seq_length))
+            pixels.append(np.zeros((3, size, size), np.float32) if image is None
+                          else preprocess_image(image, self.image_processor))
+        input_ids, mask = right_pad(ids, max(len(i) for i in ids), self.tokenizer.pad_token_id or 0)
+        return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": np.stack(pixels),
+                "has_image": np.array([im is not None for im in images])}
+
+    def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
+        """Token-level generation on an encoded batch -> `Generated` (tokens, lengths, forward)."""
+        from duet_jax.generation.decode import generate_tokens
+        red = self.reduction(reduction)
+        if red is not None and not batch["has_image"].all() and red.stage2 is not None:
+            raise ValueError("Stage-2 generation needs an image in every sample of the batch; "
+                             "batch text-only prompts separately")
+        eos = self.config.text.eos_token_id
+        return generate_tokens(self.module, self.params, jnp.asarray(batch["input_ids"]),
+                               jnp.asarray(batch["pixel_values"]),
+                               jnp.asarray(batch["attention_mask"]), reduction=red,
+                               max_new_tokens=max_new_tokens, eos_id=-1 if eos is None else eos,
+                               pad_id=self.tokenizer.pad_token_id or 0, temperature=temperature,
+                               top_p=top_p, rng=jax.random.key(seed))
+
+    def generate(self, prompts: Sequence[str], images: Sequence, *, max_new_tokens: int = 128,
+                 reduction=None, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0) -> list:
+        """Decoded, stripped answers (special tokens skipped), one per prompt."""
+        out = self.generate_batch(self.encode(prompts, images), max_new_tokens=max_new_tokens,
+                                  reduction=reduction, temperature=temperature, top_p=top_p,
+                                  seed=seed)
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        return [self.tokenizer.decode(t[:n], skip_special_tokens=True).strip()
+                for t, n in zip(tokens, lengths)]
+
+
+def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str] = None,
+               mesh=None, vision_tower: Optional[str] = None, remat: bool = False) -> Llava:
+    """Loads an HF LLaVA dir (llava-hf or legacy layout), an original LLaVA dir
+    (`vision_tower=` its CLIP dir) or a `python -m convert` output.
+
+    dtype: params dtype; compute_dtype defaults to it. mesh: a
+    `jax.sharding.Mesh` to load the params straight onto (see duet_jax.sharding).
+    """
+    from duet_jax.checkpoints import load_params
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a directory; pass a LLaVA checkpoint directory")
+    pdt = _dtype(dtype)
+    shardings = None
+    if mesh is not None:
+        from duet_jax.sharding import param_shardings
+        shardings = param_shardings(_param_shapes(path, vision_tower), mesh)
+    cfg, params = load_params(path, dtype=pdt, shardings=shardings, vision_tower=vision_tower)
+    module = LlavaModel(cfg, dtype=_dtype(compute_dtype) or pdt, param_dtype=pdt, remat=remat)
+    return Llava(cfg, module, params, path)
+
+
+def _param_shapes(path: str, vision_tower: Optional[str]):
+    """ShapeDtypeStruct pytree of a checkpoint's params, from its config alone."""
+    from duet_jax.checkpoints.load import checkpoint_kind, llava_config, read_json
+    if checkpoint_kind(path) == "converted":
+        cfg = llava_config(read_json(os.path.join(path, "config.json")))
+    else:
+        from duet_jax.checkpoints.load import plan_conversion
+        cfg = plan_conversion(path, vision_tower).config
+    return jax.eval_shape(LlavaModel(cfg).init, jax.random.key(0))

@@ -1,0 +1,121 @@
+"""Save and restore the parameter pytree with orbax, optionally straight onto a mesh."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from duet_jax.checkpoints.reader import CheckpointError
+
+
+def flatten_tree(tree: Mapping, prefix: tuple = ()) -> dict:
+    """Nested dicts -> {path tuple: leaf}."""
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            flat.update(flatten_tree(v, prefix + (k,)))
+        else:
+            flat[prefix + (k,)] = v
+    return flat
+
+
+def unflatten_tree(flat: Mapping) -> dict:
+    """{path tuple: leaf} -> nested dicts."""
+    tree: dict = {}
+    for path, leaf in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = leaf
+    return tree
+
+
+def _names(paths) -> str:
+    paths = sorted(paths)
+    text = ", ".join("/".join(p) for p in paths[:3])
+    return text + (f" (and {len(paths) - 3} more)" if len(paths) > 3 else "")
+
+
+def sharding_lookup(shardings: Optional[Mapping], paths) -> dict:
+    """{path: Sharding or None}; a `shardings` tree must hold exactly the params' leaves."""
+    if shardings is None:
+        return {p: None for p in paths}
+    flat = flatten_tree(shardings)
+    missing, extra = set(paths) - set(flat), set(flat) - set(paths)
+    if missing or extra:
+        what = f"lacks {_names(missing)}" if missing else f"has extra leaves {_names(extra)}"
+        raise CheckpointError(f"the shardings tree does not match the params: it {what}; "
+                              "build it from the params' structure (e.g. jax.tree.map over them)")
+    return flat
+
+
+def cast_dtype(dtype) -> Optional[np.dtype]:
+    """'bfloat16', jnp.bfloat16, np.float32, ... -> NumPy dtype (None stays None)."""
+    if dtype is None:
+        return None
+    import jax.numpy as jnp
+
+    try:
+        dt = np.dtype(jnp.dtype(dtype))
+    except TypeError:
+        raise CheckpointError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
+    if not np.issubdtype(dt, np.floating) and dt != jnp.bfloat16:
+        raise CheckpointError(f"dtype {dtype!r} is not a floating type; use float32, bfloat16 or float16")
+    return dt
+
+
+def save_params(directory: str, params: Mapping) -> None:
+    """Write `params` as an orbax checkpoint at `directory` (must not exist).
+
+    Pass jax arrays: orbax makes its own jax copy of NumPy leaves (2x memory).
+    Bytes in flight are capped at the largest leaf (orbax needs at least that),
+    so writing adds O(largest leaf) on top of the params themselves.
+    """
+    import orbax.checkpoint as ocp
+
+    largest = max((int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                   for x in flatten_tree(params).values()), default=0)
+    in_flight_gb = max(largest + 1, 64 * 2 ** 20) / 1e9   # orbax counts GB as 1e9 bytes
+    handler = ocp.StandardCheckpointHandler(save_concurrent_gb=in_flight_gb)
+    with ocp.Checkpointer(handler) as ckptr:
+        ckptr.save(os.path.abspath(directory), args=ocp.args.StandardSave(params))
+
+
+def params_metadata(directory: str) -> dict:
+    """{path: (shape, dtype)} of a saved params checkpoint, without reading any array."""
+    import orbax.checkpoint as ocp
+
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            meta = ckptr.metadata(os.path.abspath(directory))
+    except Exception as e:  # orbax raises assorted types for a damaged directory
+        raise CheckpointError(f"cannot read the orbax params at {directory}: {e}") from None
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    return {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in flatten_tree(tree).items()}
+
+
+def restore_params(directory: str, dtype=None, shardings: Optional[Mapping] = None) -> dict:
+    """Read a params checkpoint as jax arrays.
+
+    dtype: cast float leaves to it while restoring (None keeps the stored dtype).
+    shardings: a pytree of `jax.sharding.Sharding` matching the params; each leaf
+    is restored directly with its sharding (default: the first local device).
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    meta = params_metadata(directory)
+    placement = sharding_lookup(shardings, meta)
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    dt = cast_dtype(dtype)
+    target = {p: jax.ShapeDtypeStruct(shape, dt if dt is not None else stored,
+                                      sharding=placement[p] or default)
+              for p, (shape, stored) in meta.items()}
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.abspath(directory), unflatten_tree(target))
+
+
+def leaf_nbytes(tree: Mapping[Any, Any]) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in flatten_tree(tree).values())

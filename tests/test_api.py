@@ -1,0 +1,64 @@
+"""`duet_jax.load_llava` (API.md §3) on HF and converted directories."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import duet_jax
+from duet_jax.sharding import make_mesh
+from tests.helpers.tiny_hf import llava_batch, tiny_llava
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    hf = tiny_llava(text_layers=4)
+    d = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(d)
+    return hf, str(d)
+
+
+def test_load_hf_and_converted_give_torch_logits(hf_dir, tmp_path):
+    hf, d = hf_dir
+    ids, mask, pixels = llava_batch(hf.config, text_lengths=(10, 4))
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
+                 attention_mask=torch.tensor(mask)).logits.numpy()
+    out = str(tmp_path / "conv")
+    subprocess.run([sys.executable, "-m", "convert", "--src", d, "--dst", out], check=True,
+                   capture_output=True)
+    valid = mask.astype(bool)
+    for path in (d, out):
+        model = duet_jax.load_llava(path)
+        logits = np.asarray(model.logits(ids, pixels, attention_mask=mask))
+        np.testing.assert_allclose(logits[valid], ref[valid], atol=1e-4, rtol=0)
+
+
+def test_preset_by_name_and_clear_errors(hf_dir):
+    hf, d = hf_dir
+    model = duet_jax.load_llava(d)
+    ids, mask, pixels = llava_batch(hf.config, text_lengths=(10, 4))
+    with pytest.raises(ValueError, match="unknown reduction preset"):
+        model.logits(ids, pixels, mask, reduction="llava15-duet-65")
+    with pytest.raises(ValueError, match="exceeds the 16 patches"):
+        model.logits(ids, pixels, mask, reduction="llava15-duet-64")
+    cut = ids.copy()
+    cut[0, 3] = 5          # one image-token id short
+    with pytest.raises(ValueError, match="image_seq_length"):
+        model.logits(cut, pixels, mask)
+    with pytest.raises(ValueError, match="dtype"):
+        duet_jax.load_llava(d, dtype="int8")
+    with pytest.raises(FileNotFoundError):
+        duet_jax.load_llava(d + "-missing")
+
+
+def test_load_onto_mesh_matches_single_device(hf_dir):
+    hf, d = hf_dir
+    ids, mask, pixels = llava_batch(hf.config, text_lengths=(10, 4))
+    ref = np.asarray(duet_jax.load_llava(d).logits(ids, pixels, mask))
+    mesh = make_mesh(1, 2, 4)
+    model = duet_jax.load_llava(d, mesh=mesh)
+    leaf = model.params["text"]["layers"]["mlp"]["up_proj"]["kernel"]
+    assert len(leaf.sharding.device_set) == 8
+    np.testing.assert_allclose(np.asarray(model.logits(ids, pixels, mask)), ref, atol=1e-5)
