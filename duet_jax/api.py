@@ -83,18 +83,29 @@ class Llava:
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
                              "(or None) per prompt")
+        from duet_jax.data.salient import salient_token_mask
         cfg, size = self.config, self.config.vision.image_size
-        ids, pixels = [], []
+        ids, pixels, fulls = [], [], []
         for text, image in zip(prompts, images):
             full = text if text.rstrip().endswith("ASSISTANT:") else build_eval_prompt(
                 text, has_image=image is not None)
+            fulls.append(full)
             ids.append(tokenize_prompt(full, self.tokenizer, image_token_index=cfg.image_token_index,
                                        image_seq_length=cfg.image_seq_length))
             pixels.append(np.zeros((3, size, size), np.float32) if image is None
                           else preprocess_image(image, self.image_processor))
-        input_ids, mask = right_pad(ids, max(len(i) for i in ids), self.tokenizer.pad_token_id or 0)
+        length = max(len(i) for i in ids)
+        input_ids, mask = right_pad(ids, length, self.tokenizer.pad_token_id or 0)
+        salient = np.zeros_like(mask, bool)
+        for b, (text, full, row) in enumerate(zip(prompts, fulls, ids)):
+            if "<image>" not in full or text not in full:
+                continue
+            after = full.split("<image>", 1)[1]
+            offset = int(np.argmax(row == cfg.image_token_index)) + cfg.image_seq_length
+            salient[b] = salient_token_mask(after, text.replace("<image>\n", ""), self.tokenizer,
+                                            offset, length)
         return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": np.stack(pixels),
-                "has_image": np.array([im is not None for im in images])}
+                "has_image": np.array([im is not None for im in images]), "salient_mask": salient}
 
     def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
@@ -110,7 +121,9 @@ class Llava:
                                jnp.asarray(batch["attention_mask"]), reduction=red,
                                max_new_tokens=max_new_tokens, eos_id=-1 if eos is None else eos,
                                pad_id=self.tokenizer.pad_token_id or 0, temperature=temperature,
-                               top_p=top_p, rng=jax.random.key(seed))
+                               top_p=top_p, rng=jax.random.key(seed),
+                               salient_mask=jnp.asarray(batch["salient_mask"])
+                               if "salient_mask" in batch else None)
 
     def generate(self, prompts: Sequence[str], images: Sequence, *, max_new_tokens: int = 128,
                  reduction=None, temperature: float = 0.0, top_p: float = 1.0,

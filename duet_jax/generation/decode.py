@@ -34,13 +34,13 @@ def _pad_cache(kv: jax.Array, extra: int) -> jax.Array:
 
 
 def prefill(model: LlavaModel, params: dict, input_ids, pixel_values, attention_mask, *,
-            reduction=None, max_new_tokens: int):
+            reduction=None, max_new_tokens: int, salient_mask=None):
     """Runs the (reduced) prompt forward.
 
     Returns (last-token logits [B, V] float32, state, static segment bounds, forward).
     """
     fwd = model.forward(params, input_ids, pixel_values, attention_mask, reduction=reduction,
-                        return_kv=True)
+                        salient_mask=salient_mask, return_kv=True)
     seq = fwd.sequence
     last = jnp.maximum(seq.valid.sum(1) - 1, 0)
     h_last = jnp.take_along_axis(seq.hidden, last[:, None, None], axis=1)
@@ -109,11 +109,15 @@ class Generated(NamedTuple):
 def generate_tokens(model: LlavaModel, params: dict, input_ids, pixel_values, attention_mask, *,
                     reduction=None, max_new_tokens: int = 128, eos_id: int = 2, pad_id: int = 0,
                     temperature: float = 0.0, top_p: float = 1.0,
-                    rng: Optional[jax.Array] = None) -> Generated:
-    """Batched generation; stops when every sample has emitted EOS or after max_new_tokens."""
+                    rng: Optional[jax.Array] = None, salient_mask=None) -> Generated:
+    """Batched generation; stops when every sample has emitted EOS or after max_new_tokens.
+
+    salient_mask [B, L] marks salient question tokens (the `salient` Stage-2 query set).
+    """
     rng = jax.random.key(0) if rng is None else rng
     logits, state, bounds, fwd = prefill(model, params, input_ids, pixel_values, attention_mask,
-                                 reduction=reduction, max_new_tokens=max_new_tokens)
+                                 reduction=reduction, max_new_tokens=max_new_tokens,
+                                 salient_mask=salient_mask)
     b = input_ids.shape[0]
     out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros((b,), bool)

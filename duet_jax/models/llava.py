@@ -30,6 +30,7 @@ class Sequence(NamedTuple):
     image_start: jax.Array  # [B] int32 index of the first image token (0 if none)
     has_image: jax.Array    # [B] bool
     prompt: jax.Array       # [B, L] bool rows of the prompt (Stage-2 query candidates at inference)
+    salient: jax.Array      # [B, L] bool salient question tokens (the `salient` query set)
 
 
 class ImageFeatures(NamedTuple):
@@ -106,13 +107,15 @@ class LlavaModel:
     def splice(self, params: dict, input_ids: jax.Array, feats: jax.Array,
                attention_mask: Optional[jax.Array], labels: Optional[jax.Array],
                images_in_every_sample: bool = True,
-               prompt_lengths: Optional[jax.Array] = None) -> Sequence:
+               prompt_lengths: Optional[jax.Array] = None,
+               salient_mask: Optional[jax.Array] = None) -> Sequence:
         """Replaces each sample's block of `image_seq_length` image-token ids by its K features.
 
         input_ids [B, L] (llava-hf convention, right padding), feats [B, K, Dt].
         Output length is L - (image_seq_length - K) when every sample has an image,
         else L (static either way). `prompt_lengths` [B] (default: the valid lengths)
-        marks which rows are prompt, in input_ids coordinates.
+        marks which rows are prompt, and `salient_mask` [B, L] the salient question
+        tokens, both in input_ids coordinates.
         """
         cfg = self.config
         b, length = input_ids.shape
@@ -140,7 +143,12 @@ class LlavaModel:
         positions = jnp.where(valid, j, 0).astype(jnp.int32)
         prompt_len = valid_in.sum(1) if prompt_lengths is None else prompt_lengths
         prompt = valid & (j < (prompt_len - jnp.where(has_image, n_ids - k, 0))[:, None])
-        return Sequence(hidden, valid, positions, labels, start, has_image, prompt)
+        if salient_mask is None:
+            salient = jnp.zeros((b, out_len), bool)
+        else:
+            sal_pool = jnp.concatenate([salient_mask.astype(bool), jnp.zeros((b, k), bool)], axis=1)
+            salient = valid & jnp.take_along_axis(sal_pool, src, axis=1)
+        return Sequence(hidden, valid, positions, labels, start, has_image, prompt, salient)
 
     def check_inputs(self, input_ids, pixel_values) -> None:
         """Host-side shape checks with messages that say how to fix the input."""
@@ -159,7 +167,7 @@ class LlavaModel:
     def apply(self, params: dict, input_ids: jax.Array, pixel_values: jax.Array,
               attention_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
               reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
-              prompt_lengths: Optional[jax.Array] = None, segment_lengths=None):
+              prompt_lengths: Optional[jax.Array] = None, salient_mask=None, segment_lengths=None):
         """Logits [B, L', V] float32 and the final `Sequence` (labels/valid after any drops).
 
         `reduction` is a `duet_jax.reduction.ReductionConfig` (static) or None,
@@ -168,19 +176,20 @@ class LlavaModel:
         """
         out = self.forward(params, input_ids, pixel_values, attention_mask, labels, reduction,
                            images_in_every_sample, train=train, prompt_lengths=prompt_lengths,
-                           segment_lengths=segment_lengths)
+                           salient_mask=salient_mask, segment_lengths=segment_lengths)
         return self.text.head(params["text"], out.sequence.hidden), out.sequence
 
     def forward(self, params: dict, input_ids, pixel_values, attention_mask=None, labels=None,
                 reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
-                prompt_lengths=None, segment_lengths=None, return_kv: bool = False) -> "Forward":
+                prompt_lengths=None, salient_mask=None, segment_lengths=None,
+                return_kv: bool = False) -> "Forward":
         """Everything up to the final norm: final sequence, per-segment state, selections."""
         from duet_jax.models.reduced import run_language_model
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
         feats = self.image_features(params, pixel_values, stage1)
         seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels,
-                          images_in_every_sample, prompt_lengths)
+                          images_in_every_sample, prompt_lengths, salient_mask)
         seq, segments, kept = run_language_model(
             self.text, params["text"], seq, feats.tokens.shape[1], stage2, images_in_every_sample,
             train=train, segment_lengths=segment_lengths, return_kv=return_kv)

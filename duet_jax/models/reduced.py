@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from duet_jax.models.llama import LlamaModel
 from duet_jax.models.rope import inv_freq_for
 from duet_jax import reduction as red
+from duet_jax.reduction.stage2 import IGNORE_INDEX
 
 
 class Segment(NamedTuple):
@@ -28,11 +29,23 @@ class Segment(NamedTuple):
 
 
 def _query_mask(seq, image_start, n_prev: int, queries: str, train: bool):
+    """[B, L] bool Stage-2 query rows (ALGORITHM.md §3.3)."""
+    rows = jnp.arange(seq.valid.shape[1])[None, :]
+    after_image = (image_start[:, None] >= 0) & (rows >= image_start[:, None] + n_prev)
     if train:
+        if queries == "salient":
+            # per-turn salient rows among the unsupervised rows after the image
+            mask = seq.salient & seq.valid & after_image & (seq.labels == IGNORE_INDEX)
+            last, _ = red.train_query_mask(seq.labels, seq.valid, image_start, n_prev, "last")
+            return jnp.where(mask.any(1, keepdims=True), mask, last)
         mask, _ = red.train_query_mask(seq.labels, seq.valid, image_start, n_prev, queries)
         return mask
     # Evaluation: only prompt rows may be queries (generated tokens never re-rank).
-    mask, _ = red.eval_query_mask(seq.valid & seq.prompt, image_start, n_prev, queries)
+    prompt_valid = seq.valid & seq.prompt
+    if queries == "salient":
+        last, _ = red.eval_query_mask(prompt_valid, image_start, n_prev, "last")
+        return (seq.salient & prompt_valid & after_image) | last
+    mask, _ = red.eval_query_mask(prompt_valid, image_start, n_prev, queries)
     return mask
 
 

@@ -18,6 +18,8 @@ REDUCTIONS = {
     "duet-last-3stage": ReductionConfig("t-last", Stage1Config(5, 2, 3),
                                         Stage2Config((1, 2, 3), (0.6, 0.3, 0.1), queries="last")),
     "visionzip": ReductionConfig("t-vz", Stage1Config(6, 4, mode="visionzip"), None),
+    "duet-salient": ReductionConfig("t-sal", Stage1Config(6, 3, 2),
+                                    Stage2Config((2,), (0.5,), queries="salient")),
     "pdrop": ReductionConfig("t-pdrop", None, Stage2Config((2,), (0.25,), queries="last")),
     "fastv": ReductionConfig("t-fastv", None, Stage2Config((2,), keep=(5,), queries="last",
                                                            positions="keep", method="fastv")),
@@ -46,7 +48,7 @@ def _run_layers(text, params, x, positions, lo, hi):
                            lo, hi)[0][0]
 
 
-def _reference(hf, model, params, ids, pixels, length, prompt_len, red):
+def _reference(hf, model, params, ids, pixels, length, prompt_len, red, salient):
     """Batch-1, unpadded, explicit gathers; returns logits of the final sequence."""
     cfg = model.config
     ids, pixels = ids[None, :length], pixels[None]
@@ -55,6 +57,8 @@ def _reference(hf, model, params, ids, pixels, length, prompt_len, red):
     start = int(np.argmax(ids[0] == cfg.image_token_index))
     emb = np.asarray(model.text.embed(params["text"], ids))[0]
     h = np.concatenate([emb[:start], feats, emb[start + cfg.image_seq_length:]])
+    salient = np.concatenate([salient[:start], np.zeros(len(feats), bool),
+                              salient[start + cfg.image_seq_length:length]])
     prompt_len = prompt_len - (cfg.image_seq_length - len(feats))
     n = len(feats)
     s2 = red.stage2
@@ -71,13 +75,14 @@ def _reference(hf, model, params, ids, pixels, length, prompt_len, red):
             continue
         rows = np.arange(len(h))
         after = rows[(rows >= start + counts[s]) & (rows < prompt_len)]
-        queries = after if s2.queries == "all" else np.array([prompt_len - 1])
+        queries = {"all": after, "last": np.array([prompt_len - 1]),
+                   "salient": np.union1d(after[salient[after]], [prompt_len - 1])}[s2.queries]
         layer = hi - 1 if fastv else hi
         score = _hf_image_scores(hf, layer, h_pre if fastv else h, start, counts[s], queries,
                                  positions)
         keep = np.sort(np.argsort(-score, kind="stable")[:counts[s + 1]])
         take = np.concatenate([rows[:start], start + keep, rows[start + counts[s]:]])
-        h = h[take]
+        h, salient = h[take], salient[take]
         positions = positions[take] if s2.positions == "keep" else np.arange(len(take))
         prompt_len -= counts[s] - counts[s + 1]
     return np.asarray(model.text.head(params["text"], jnp.asarray(h)[None]))[0]
@@ -92,12 +97,14 @@ def test_reduced_forward_equals_gathered_reference(name):
     ids, mask, pixels = llava_batch(hf.config, text_lengths=(14, 8, 11), seed=3)
     model = LlavaModel(cfg)
     prompt_lengths = mask.sum(1)
+    salient = (np.random.default_rng(5).random(ids.shape) < 0.3) & (mask == 1)
     logits, seq = jax.jit(model.apply, static_argnames=("reduction",))(
-        params, ids, pixels, mask, reduction=red, prompt_lengths=prompt_lengths)
+        params, ids, pixels, mask, reduction=red, prompt_lengths=prompt_lengths,
+        salient_mask=salient)
     logits, valid = np.asarray(logits), np.asarray(seq.valid)
     for b in range(len(ids)):
         ref = _reference(hf, model, params, ids[b], pixels[b], int(mask[b].sum()),
-                         int(prompt_lengths[b]), red)
+                         int(prompt_lengths[b]), red, salient[b])
         assert valid[b].sum() == len(ref)
         np.testing.assert_allclose(logits[b, :len(ref)], ref, atol=1e-4, rtol=0)
 
