@@ -47,9 +47,7 @@ def num_contextual(mode, d, c, w, n=N):
 
 @pytest.mark.parametrize("mode,d,c,w", CASES)
 def test_static_shapes_and_exact_counts_under_jit(mode, d, c, w):
-    inputs = make_inputs(0)
-    fn = jax.jit(lambda *a: merge(a, mode, d, c, w))
-    out = fn(*inputs)
+    out = merge(make_inputs(0), mode, d, c, w)   # merge() runs under jax.jit
     k = vision_merge_size(N, d, c, w, mode)
     chex.assert_shape(out.tokens, (2, k, D))
     chex.assert_shape(out.positions, (2, k))
