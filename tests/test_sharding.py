@@ -36,6 +36,22 @@ def test_sharded_forward_equals_single_device(shape):
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
 
 
+def test_sharded_reduced_forward_equals_single_device():
+    from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
+    red = ReductionConfig("t", Stage1Config(6, 3, 2), Stage2Config((1,), (0.5,)))
+    hf = tiny_llava()
+    cfg, params = jax_params(hf)
+    ids, mask, pixels = llava_batch(hf.config, text_lengths=(14, 9, 12, 5, 14, 3, 8, 10))
+    model = LlavaModel(cfg)
+    fwd = jax.jit(model.apply, static_argnames=("reduction",))
+    ref, _ = fwd(params, ids, pixels, mask, reduction=red)
+    mesh = make_mesh(2, 2, 2)
+    put = lambda x: jax.device_put(x, batch_sharding(mesh, x.ndim))
+    out, _ = fwd(jax.device_put(params, param_shardings(params, mesh)), put(ids), put(pixels),
+                 put(mask), reduction=red)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
+
+
 def test_bad_mesh_is_a_clear_error():
     with pytest.raises(ValueError, match="needs 12 devices"):
         make_mesh(3, 2, 2)
