@@ -28,9 +28,9 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
         """x [B, T, D]; mask [B, 1, T, S] bool; kv_cache (k, v) each [B, S, KV, hd].
 
-        With a cache, the new keys/values are written at `cache_index` and the
+        With a cache, the new keys/values are placed at `cache_index` and the
         queries attend over the whole cache (masked by `mask`).
-        Returns (out [B, T, D], (k, v)) where (k, v) are what a cache would hold.
+        Returns (out [B, T, D], (k, v)): the keys/values of these T tokens, [B, T, KV, hd].
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -39,6 +39,7 @@ class LlamaAttention(nn.Module):
         q = apply_rope(dense(h * hd, "q_proj")(x).reshape(b, t, h, hd), cos, sin)
         k = apply_rope(dense(kv * hd, "k_proj")(x).reshape(b, t, kv, hd), cos, sin)
         v = dense(kv * hd, "v_proj")(x).reshape(b, t, kv, hd)
+        new_kv = (k, v)
         if kv_cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, 1)
             v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, 1)
@@ -46,7 +47,7 @@ class LlamaAttention(nn.Module):
                                            scale=hd ** -0.5)
         out = nn.Dense(cfg.hidden_size, use_bias=cfg.attention_bias, dtype=self.dtype,
                        name="o_proj")(out.reshape(b, t, h * hd))
-        return out, (k, v)
+        return out, new_kv
 
 
 class LlamaMLP(nn.Module):
@@ -172,13 +173,22 @@ class LlamaModel:
         mask = ((slot <= query_slot) & cache_valid.astype(bool)[:, None, :])[:, None]
         layer = self._layer()
 
-        def body(x, inputs):
-            p, ck, cv = inputs
-            x, kv = layer.apply({"params": p}, x, cos, sin, mask, (ck, cv), cache_index)
-            return x, kv
+        # Caches ride in the carry and only the new slots are written, so XLA
+        # updates them in place instead of re-stacking whole caches every step.
+        def body(carry, inputs):
+            x, k_all, v_all = carry
+            p, i = inputs
+            ck = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)
+            cv = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)
+            x, (k, v) = layer.apply({"params": p}, x, cos, sin, mask, (ck, cv), cache_index)
+            start = (i, 0, cache_index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+            return (x, k_all, v_all), None
 
-        h, kv = jax.lax.scan(body, h, (slice_layers(params["layers"], lo, hi), *caches))
-        return h, kv
+        (h, k_all, v_all), _ = jax.lax.scan(
+            body, (h, *caches), (slice_layers(params["layers"], lo, hi), jnp.arange(hi - lo)))
+        return h, (k_all, v_all)
 
     def head(self, params: dict, h: jax.Array) -> jax.Array:
         """Final norm + LM head: [B, L, D] -> [B, L, V] float32."""
