@@ -35,6 +35,14 @@ def _add_score(sub) -> None:
     p.set_defaults(handler=_score)
 
 
+def _add_generation_flags(p) -> None:
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="parameter/compute dtype of the loaded model")
+    p.add_argument("--length-bucket", type=int, default=32, metavar="T",
+                   help="pad each batch to a multiple of T tokens (fewer compiled shapes; "
+                        "padding is masked and changes no answer)")
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="generate answers for one benchmark (needs the model and JAX)")
     p.add_argument("--model", required=True, help="HF / LLaVA / converted checkpoint folder")
@@ -42,13 +50,16 @@ def _add_run(sub) -> None:
     p.add_argument("--questions", required=True, help="official question file")
     p.add_argument("--images", required=True, help="image (or video) folder")
     p.add_argument("--answers", required=True, help="answer file to write (official format)")
-    p.add_argument("--reduction", default=None, help="preset name or config; default: no reduction")
+    p.add_argument("--reduction", default=None,
+                   help="preset name, a .json/.yaml config file or an inline JSON object; "
+                        "default: no reduction")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="default: the benchmark's official value (128, or 1024 for sqa/video)")
     p.add_argument("--save-kept", type=int, default=0, metavar="N",
-                   help="save the kept visual-token indices of the first N questions")
+                   help="write a kept-token picture (PNG) for each of the first N questions")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions")
+    _add_generation_flags(p)
     p.set_defaults(handler=_run)
 
 
@@ -66,6 +77,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--save-kept", type=int, default=0, metavar="N")
     p.add_argument("--limit", type=int, default=None, metavar="N")
+    _add_generation_flags(p)
     p.set_defaults(handler=_sweep)
 
 

@@ -1,0 +1,311 @@
+"""`eval.py run`: batched greedy generation over a benchmark's question file.
+
+    python eval.py run --model M --benchmark pope --questions Q.jsonl --images DIR \\
+                       --answers OUT.jsonl [--reduction llava15-duet-64] [--batch-size 8]
+
+* Prompts are the official ones (EVAL.md §0/§5/§7, `questions.build_prompt`);
+  decoding is greedy, `max_new_tokens` 128 (1024 for sqa/video) unless given.
+* Batches follow question order (no length sorting); image and text-only
+  questions (ScienceQA) never share a batch, and text-only ones run unreduced
+  (there is nothing to reduce and Stage 2 needs an image in every sample). Each
+  batch is padded to `--batch-size` rows (copies of its last sample, discarded)
+  and to a multiple of `--length-bucket` tokens, so few shapes are compiled.
+  Right padding is masked, so it changes no answer.
+* Resumable: every answer line is appended and flushed as soon as its batch is
+  decoded; a restarted run with the same command skips answered questions (a
+  partial last line left by a kill is dropped and redone) and the file is
+  rewritten in question-file order at the end. `<answers>.run.json` records
+  the settings, and resuming with different ones is refused.
+* Bad input (unknown benchmark, malformed question line, missing image, answer
+  file of another question file, ...) raises `ScoreError`: one `error:` line and
+  exit 2 from eval.py.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from . import answer_file, media
+from .questions import (DEFAULT_MAX_NEW_TOKENS, AnswerWriter, Question, answer_record,
+                        build_prompt, clean_output, load_questions)
+from .scoring.common import ScoreError
+
+BENCHMARKS = ("pope", "textvqa", "gqa", "mme", "sqa", "seed", "video")   # eval.py order
+DEFAULT_LENGTH_BUCKET = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One benchmark run; `reduction` is already resolved (None = unreduced)."""
+    benchmark: str
+    questions: str
+    images: str
+    answers: str
+    reduction: object = None
+    batch_size: int = 1
+    max_new_tokens: Optional[int] = None
+    save_kept: int = 0
+    kept_dir: Optional[str] = None
+    limit: Optional[int] = None
+    length_bucket: int = DEFAULT_LENGTH_BUCKET
+    model_path: str = ""
+    dtype: str = "float32"
+
+    @property
+    def reduction_name(self) -> str:
+        return "none" if self.reduction is None else self.reduction.name
+
+    @property
+    def model_id(self) -> str:
+        return os.path.basename(os.path.normpath(self.model_path)) or "model"
+
+
+def parse_reduction(value: Optional[str]):
+    """None/'none', a preset name, a .json/.yaml config file, or an inline JSON object
+    -> ReductionConfig or None."""
+    from duet_jax.reduction import resolve_reduction
+    try:
+        if value is not None and value.strip().startswith("{"):
+            return resolve_reduction(json.loads(value))
+        if value is not None and os.path.isfile(value):
+            with open(value, encoding="utf-8") as f:
+                if value.endswith((".yaml", ".yml")):
+                    import yaml
+                    return resolve_reduction(yaml.safe_load(f))
+                return resolve_reduction(json.load(f))
+        return resolve_reduction(value)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ScoreError(f"--reduction {value!r}: {' '.join(str(e).splitlines())}") from None
+
+
+def check_args(benchmark: str, batch_size: int, max_new_tokens, limit, save_kept,
+               length_bucket) -> None:
+    if benchmark not in BENCHMARKS:
+        raise ScoreError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    for name, value, low in (("--batch-size", batch_size, 1),
+                             ("--max-new-tokens", max_new_tokens, 1), ("--limit", limit, 0),
+                             ("--save-kept", save_kept, 0), ("--length-bucket", length_bucket, 1)):
+        if value is not None and value < low:
+            raise ScoreError(f"{name} must be >= {low}, got {value}")
+
+
+def load_model(path: str, dtype: str):
+    """duet_jax.load_llava with load errors turned into one-line ScoreErrors."""
+    import duet_jax
+    try:
+        return duet_jax.load_llava(path, dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:
+        message = " ".join(str(e).splitlines())
+        raise ScoreError(f"cannot load the model from {path}: {message}") from None
+
+
+def run_settings(spec: RunSpec, max_new_tokens: int) -> dict:
+    red = None if spec.reduction is None else spec.reduction.to_dict()
+    return {"benchmark": spec.benchmark, "model": os.path.abspath(spec.model_path),
+            "reduction": red, "max_new_tokens": max_new_tokens, "dtype": spec.dtype,
+            "questions": os.path.abspath(spec.questions)}
+
+
+def answer_id(spec: RunSpec, index: int) -> str:
+    """Deterministic, unique per question: a resumed file is byte-identical."""
+    seed = f"{spec.model_id}|{spec.reduction_name}|{spec.benchmark}|{index}"
+    return hashlib.sha1(seed.encode()).hexdigest()[:22]
+
+
+def plan_batches(questions: list[Question], pending: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive pending questions, image and text-only kept apart, in order of
+    each batch's first question."""
+    streams: dict = {True: [], False: []}
+    for i in pending:
+        streams[questions[i].image is not None].append(i)
+    batches = [s[k:k + batch_size] for s in streams.values() for k in range(0, len(s), batch_size)]
+    return sorted(batches, key=lambda b: b[0])
+
+
+def model_prompt(question: Question) -> str:
+    """What `Llava.encode` gets: the user text for the vicuna_v1 benchmarks (encode wraps
+    it into exactly `build_prompt(question)` and can find the question in it for the
+    `salient` query set), the full prompt otherwise (video's llava_v1 template)."""
+    if question.benchmark == "video":
+        return build_prompt(question)
+    return question.text
+
+
+def encode_batch(model, questions: list[Question], idxs: list[int], images_dir: str,
+                 batch_size: int, bucket: int) -> dict:
+    """Right-padded batch of exactly `batch_size` rows and a bucketed length."""
+    prompts = [model_prompt(questions[i]) for i in idxs]
+    images = [media.load_question_image(images_dir, questions[i]) for i in idxs]
+    fill = batch_size - len(idxs)
+    batch = model.encode(prompts + [prompts[-1]] * fill, images + [images[-1]] * fill)
+    length = batch["input_ids"].shape[1]
+    extra = -length % bucket
+    if extra:
+        pad_id = model.tokenizer.pad_token_id or 0
+        for key, value in batch.items():     # every [B, L] per-token array grows together
+            if getattr(value, "ndim", 0) == 2 and value.shape[1] == length:
+                fill_value = pad_id if key == "input_ids" else 0
+                batch[key] = np.pad(value, ((0, 0), (0, extra)), constant_values=fill_value)
+    return batch
+
+
+def safe_name(value) -> str:
+    """A file-name-safe form of a question id or reduction name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))[:80]
+
+
+def _save_kept(model, spec: RunSpec, question: Question, index: int, batch: dict, row: int,
+               forward) -> None:
+    from . import kept_tokens as kt
+    from duet_jax.reduction import average_visual_tokens
+    cfg, red = model.config, spec.reduction
+    proc = model.image_processor
+    image = kt.input_image(batch["pixel_values"][row], proc.image_mean, proc.image_std)
+    merge = forward.features.merge
+    if merge is not None:
+        positions = np.asarray(merge.positions[row])
+        block = kt.block_map(cfg.vision.num_patches, positions=positions,
+                             member_positions=np.asarray(merge.member_positions[row]),
+                             member_anchor=np.asarray(merge.member_anchor[row]),
+                             num_dominant=min(red.stage1.dominant, len(positions)))
+    else:
+        block = kt.block_map(cfg.vision.num_patches,
+                             with_cls=cfg.vision_feature_select_strategy == "full")
+    kept = [np.asarray(k[row]) for k in forward.kept]
+    boundaries = []
+    if red is not None and red.stage2 is not None:
+        counts = red.image_counts(block.num_rows)
+        # A boundary runs only while tokens remain (duet_jax.models.reduced).
+        boundaries = [l for s, l in enumerate(red.stage2.layers) if counts[s] > 0]
+    avg = average_visual_tokens(red, cfg.vision.num_patches, cfg.text.num_hidden_layers)
+    title = (f"{spec.reduction_name} - question {question.question_id!r}: {block.num_rows} image "
+             f"tokens enter the LM, {avg:.1f} per layer on average")
+    os.makedirs(spec.kept_dir, exist_ok=True)
+    path = os.path.join(spec.kept_dir, f"{index:05d}_{safe_name(question.question_id)}.png")
+    kt.save_kept_picture(path, image, cfg.vision.patch_size, block, kept=kept,
+                         boundaries=boundaries[:len(kept)], with_stage1=merge is not None,
+                         title=title)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, mininterval=1.0,
+                dynamic_ncols=True)
+
+
+def generate_answers(model, spec: RunSpec, questions: list[Question], pending: list[int],
+                     max_new_tokens: int) -> dict:
+    """Generate and append answers for `pending` (question indices). Returns stats."""
+    if spec.reduction is not None:
+        try:
+            model.reduction(spec.reduction)
+        except ValueError as e:
+            raise ScoreError(f"--reduction {spec.reduction_name}: {e}") from None
+    batches = plan_batches(questions, pending, spec.batch_size)
+    writer = AnswerWriter(spec.answers, append=True)
+    tokens = 0
+    start = time.perf_counter()
+    bar = _progress(len(pending), f"{spec.benchmark} [{spec.reduction_name}]")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    submit = lambda b: pool.submit(encode_batch, model, questions, b, spec.images,  # noqa: E731
+                                   spec.batch_size, spec.length_bucket)
+    try:
+        future = submit(batches[0]) if batches else None
+        for n, idxs in enumerate(batches):
+            batch = future.result()
+            future = submit(batches[n + 1]) if n + 1 < len(batches) else None
+            has_image = questions[idxs[0]].image is not None
+            out = model.generate_batch(batch, max_new_tokens=max_new_tokens,
+                                       reduction=spec.reduction if has_image else None)
+            out_tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+            for row, i in enumerate(idxs):
+                text = model.tokenizer.decode(out_tokens[row, :lengths[row]],
+                                              skip_special_tokens=True)
+                writer.write(answer_record(questions[i], clean_output(text, spec.benchmark),
+                                           model_id=spec.model_id, answer_id=answer_id(spec, i)))
+                if has_image and i < spec.save_kept:
+                    _save_kept(model, spec, questions[i], i, batch, row, out.forward)
+            tokens += int(lengths[:len(idxs)].sum())
+            bar.update(len(idxs))
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):.1f} tok/s")
+    finally:
+        bar.close()
+        writer.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+    seconds = time.perf_counter() - start
+    return {"answered": len(pending), "tokens": tokens, "seconds": seconds,
+            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+
+
+def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
+    """The whole run: checks, resume, generation, question-order rewrite. `model` may be
+    passed in (sweep loads it once); otherwise it is loaded after every input check."""
+    check_args(spec.benchmark, spec.batch_size, spec.max_new_tokens, spec.limit, spec.save_kept,
+               spec.length_bucket)
+    questions = load_questions(spec.benchmark, spec.questions) if questions is None else questions
+    scope = questions if spec.limit is None else questions[:spec.limit]
+    max_new_tokens = spec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[spec.benchmark]
+    folder = os.path.dirname(os.path.abspath(spec.answers))
+    os.makedirs(folder, exist_ok=True)
+    state = answer_file.resume_state(spec.answers, questions)
+    settings = run_settings(spec, max_new_tokens)
+    meta = spec.answers + ".run.json"
+    answer_file.check_run_settings(meta, settings)
+    pending = [i for i in range(len(scope)) if not state.answered[i]]
+    already = len(scope) - len(pending)
+    runnable = media.check_media(spec.benchmark, spec.images, [questions[i] for i in pending])
+    if len(runnable) < len(pending):      # video questions whose video is missing
+        keep = {id(q) for q in runnable}
+        pending = [i for i in pending if id(questions[i]) in keep]
+    if spec.benchmark == "video" and pending:
+        raise ScoreError("--benchmark video needs a Video-LLaVA model that takes 8 frames per "
+                         "prompt; duet_jax's LlavaModel takes one image per prompt, so video QA "
+                         "cannot be generated yet (the frames load: duet_jax.evaluation.media)")
+    stats = {"answered": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
+    if pending:
+        model = load_model(spec.model_path, spec.dtype) if model is None else model
+        answer_file.write_run_settings(meta, settings)
+        stats = generate_answers(model, spec, questions, pending, max_new_tokens)
+    total = answer_file.finalize(spec.answers, questions) if os.path.exists(spec.answers) else 0
+    stats.update(total_lines=total, scope=len(scope), already_answered=already,
+                 partial_line_dropped=state.dropped_partial)
+    return stats
+
+
+def spec_from_args(args, reduction=None, answers: Optional[str] = None,
+                   kept_dir: Optional[str] = None) -> RunSpec:
+    answers = answers or args.answers
+    return RunSpec(
+        benchmark=args.benchmark, questions=args.questions, images=args.images, answers=answers,
+        reduction=reduction, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        save_kept=args.save_kept or 0,
+        kept_dir=kept_dir or os.path.splitext(answers)[0] + "_kept", limit=args.limit,
+        length_bucket=getattr(args, "length_bucket", None) or DEFAULT_LENGTH_BUCKET,
+        model_path=args.model, dtype=getattr(args, "dtype", None) or "float32")
+
+
+def run_command(args) -> int:
+    check_args(args.benchmark, args.batch_size, args.max_new_tokens, args.limit, args.save_kept,
+               getattr(args, "length_bucket", None))
+    spec = spec_from_args(args, reduction=parse_reduction(args.reduction))
+    stats = run(spec)
+    print(f"{spec.benchmark} [{spec.reduction_name}]: {stats['answered']} new answer(s), "
+          f"{stats['total_lines']} line(s) in {spec.answers}; {stats['tokens']} tokens in "
+          f"{stats['seconds']:.1f} s ({stats['tokens_per_s']:.1f} tok/s)")
+    if spec.save_kept:
+        print(f"kept-token pictures: {spec.kept_dir}")
+    return 0
+
+
+def sweep_command(args) -> int:
+    from .sweep import sweep_command as sweep
+    return sweep(args)
