@@ -98,12 +98,12 @@ class Llava:
         input_ids, mask = right_pad(ids, length, self.tokenizer.pad_token_id or 0)
         salient = np.zeros_like(mask, bool)
         for b, (text, full, row) in enumerate(zip(prompts, fulls, ids)):
-            if "<image>" not in full or text not in full:
+            after = full.split("<image>", 1)[1] if "<image>" in full else ""
+            question = text.replace("<image>\n", "")
+            if question not in after:     # a caller-built full prompt: no question to locate
                 continue
-            after = full.split("<image>", 1)[1]
             offset = int(np.argmax(row == cfg.image_token_index)) + cfg.image_seq_length
-            salient[b] = salient_token_mask(after, text.replace("<image>\n", ""), self.tokenizer,
-                                            offset, length)
+            salient[b] = salient_token_mask(after, question, self.tokenizer, offset, length)
         return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": np.stack(pixels),
                 "has_image": np.array([im is not None for im in images]), "salient_mask": salient}
 
@@ -112,7 +112,8 @@ class Llava:
         """Token-level generation on an encoded batch -> `Generated` (tokens, lengths, forward)."""
         from duet_jax.generation.decode import generate_tokens
         red = self.reduction(reduction)
-        if red is not None and not batch["has_image"].all() and red.stage2 is not None:
+        every = bool(np.all(batch["has_image"]))
+        if red is not None and not every and red.stage2 is not None:
             raise ValueError("Stage-2 generation needs an image in every sample of the batch; "
                              "batch text-only prompts separately")
         eos = self.config.text.eos_token_id
@@ -123,7 +124,8 @@ class Llava:
                                pad_id=self.tokenizer.pad_token_id or 0, temperature=temperature,
                                top_p=top_p, rng=jax.random.key(seed),
                                salient_mask=jnp.asarray(batch["salient_mask"])
-                               if "salient_mask" in batch else None)
+                               if "salient_mask" in batch else None,
+                               images_in_every_sample=every)
 
     def generate(self, prompts: Sequence[str], images: Sequence, *, max_new_tokens: int = 128,
                  reduction=None, temperature: float = 0.0, top_p: float = 1.0,

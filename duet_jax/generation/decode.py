@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from duet_jax.models.common import slice_layers
 from duet_jax.models.llava import LlavaModel
 
 
@@ -34,13 +35,15 @@ def _pad_cache(kv: jax.Array, extra: int) -> jax.Array:
 
 
 def prefill(model: LlavaModel, params: dict, input_ids, pixel_values, attention_mask, *,
-            reduction=None, max_new_tokens: int, salient_mask=None):
+            reduction=None, max_new_tokens: int, salient_mask=None,
+            images_in_every_sample: bool = True):
     """Runs the (reduced) prompt forward.
 
     Returns (last-token logits [B, V] float32, state, static segment bounds, forward).
     """
     fwd = model.forward(params, input_ids, pixel_values, attention_mask, reduction=reduction,
-                        salient_mask=salient_mask, return_kv=True)
+                        images_in_every_sample=images_in_every_sample, salient_mask=salient_mask,
+                        return_kv=True)
     seq = fwd.sequence
     last = jnp.maximum(seq.valid.sum(1) - 1, 0)
     h_last = jnp.take_along_axis(seq.hidden, last[:, None, None], axis=1)
@@ -58,16 +61,23 @@ def prefill(model: LlavaModel, params: dict, input_ids, pixel_values, attention_
     return logits, DecodeState(tuple(caches)), bounds, fwd
 
 
+def segment_layers(params: dict, bounds: tuple) -> tuple:
+    """Stacked layer params per segment, sliced once (not inside the decode loop)."""
+    return tuple(slice_layers(params["text"]["layers"], lo, hi) for lo, hi in bounds)
+
+
 def decode_step(model: LlavaModel, params: dict, tokens: jax.Array, state: DecodeState,
-                bounds: tuple, t):
+                bounds: tuple, t, layers: Optional[tuple] = None):
     """One token per sample: tokens [B] int -> (logits [B, V] float32, new state).
 
-    `bounds` are the static (lo, hi) layer ranges of the segments.
+    `bounds` are the static (lo, hi) layer ranges of the segments; `layers` their
+    pre-sliced params (`segment_layers`).
     """
     text = model.text
+    layers = segment_layers(params, bounds) if layers is None else layers
     h = text.embed(params["text"], tokens[:, None])
     new_caches = []
-    for (lo, hi), c in zip(bounds, state.caches):
+    for (lo, hi), c, seg_layers in zip(bounds, state.caches, layers):
         prefill_len = c.prefill_valid.shape[1]
         steps = c.k.shape[2] - prefill_len
         written = jnp.arange(steps)[None, :] <= t
@@ -75,7 +85,7 @@ def decode_step(model: LlavaModel, params: dict, tokens: jax.Array, state: Decod
             [c.prefill_valid, jnp.broadcast_to(written, (tokens.shape[0], steps))], axis=1)
         positions = (c.base_position + t)[:, None]
         h, (k, v) = text.decode_layers(params["text"], h, positions, cache_valid, (c.k, c.v),
-                                       prefill_len + t, lo, hi)
+                                       prefill_len + t, lo, hi, seg_layers)
         new_caches.append(c._replace(k=k, v=v))
     logits = text.head(params["text"], h)[:, 0]
     return logits, state._replace(caches=tuple(new_caches))
@@ -105,11 +115,13 @@ class Generated(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "reduction", "max_new_tokens", "eos_id",
-                                             "pad_id", "temperature", "top_p"))
+                                             "pad_id", "temperature", "top_p",
+                                             "images_in_every_sample"))
 def generate_tokens(model: LlavaModel, params: dict, input_ids, pixel_values, attention_mask, *,
                     reduction=None, max_new_tokens: int = 128, eos_id: int = 2, pad_id: int = 0,
                     temperature: float = 0.0, top_p: float = 1.0,
-                    rng: Optional[jax.Array] = None, salient_mask=None) -> Generated:
+                    rng: Optional[jax.Array] = None, salient_mask=None,
+                    images_in_every_sample: bool = True) -> Generated:
     """Batched generation; stops when every sample has emitted EOS or after max_new_tokens.
 
     salient_mask [B, L] marks salient question tokens (the `salient` Stage-2 query set).
@@ -117,7 +129,9 @@ def generate_tokens(model: LlavaModel, params: dict, input_ids, pixel_values, at
     rng = jax.random.key(0) if rng is None else rng
     logits, state, bounds, fwd = prefill(model, params, input_ids, pixel_values, attention_mask,
                                  reduction=reduction, max_new_tokens=max_new_tokens,
-                                 salient_mask=salient_mask)
+                                 salient_mask=salient_mask,
+                                 images_in_every_sample=images_in_every_sample)
+    layers = segment_layers(params, bounds)
     b = input_ids.shape[0]
     out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros((b,), bool)
@@ -134,9 +148,11 @@ def generate_tokens(model: LlavaModel, params: dict, input_ids, pixel_values, at
         out = out.at[:, t].set(token)
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | (token == eos_id)
-        logits, state = decode_step(model, params, token, state, bounds, t)
+        logits, state = decode_step(model, params, token, state, bounds, t, layers)
         return t + 1, logits, state, done, out, lengths
 
     carry = (jnp.int32(0), logits, state, done, out, lengths)
     _, _, _, _, out, lengths = jax.lax.while_loop(cond, body, carry)
+    # The prefill caches live on in the decode state only; do not return them twice.
+    fwd = fwd._replace(segments=tuple(seg._replace(kv=None) for seg in fwd.segments))
     return Generated(out, lengths, fwd)

@@ -159,11 +159,13 @@ class LlamaModel:
         return h, kv
 
     def decode_layers(self, params: dict, h: jax.Array, positions: jax.Array, cache_valid: jax.Array,
-                      caches: tuple, cache_index: jax.Array, lo: int, hi: int):
+                      caches: tuple, cache_index: jax.Array, lo: int, hi: int, layers=None):
         """One cached step through layers `lo..hi-1`.
 
         h [B, T, D] new tokens, positions [B, T], cache_valid [B, S] (1 = slot holds a real
         key, the new slots included), caches (k, v) each [hi-lo, B, S, KV, hd].
+        `layers`: the already-sliced stacked params of `lo..hi-1` (slice once, outside a
+        decode loop); default: sliced from `params` here.
         Returns (h, updated caches).
         """
         cos, sin = self.rope(positions)
@@ -187,7 +189,8 @@ class LlamaModel:
             return (x, k_all, v_all), None
 
         (h, k_all, v_all), _ = jax.lax.scan(
-            body, (h, *caches), (slice_layers(params["layers"], lo, hi), jnp.arange(hi - lo)))
+            body, (h, *caches),
+            (slice_layers(params["layers"], lo, hi) if layers is None else layers, jnp.arange(hi - lo)))
         return h, (k_all, v_all)
 
     def head(self, params: dict, h: jax.Array) -> jax.Array:

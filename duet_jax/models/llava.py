@@ -108,12 +108,14 @@ class LlavaModel:
                attention_mask: Optional[jax.Array], labels: Optional[jax.Array],
                images_in_every_sample: bool = True,
                prompt_lengths: Optional[jax.Array] = None,
-               salient_mask: Optional[jax.Array] = None) -> Sequence:
+               salient_mask: Optional[jax.Array] = None,
+               out_length: Optional[int] = None) -> Sequence:
         """Replaces each sample's block of `image_seq_length` image-token ids by its K features.
 
         input_ids [B, L] (llava-hf convention, right padding), feats [B, K, Dt].
         Output length is L - (image_seq_length - K) when every sample has an image,
-        else L (static either way). `prompt_lengths` [B] (default: the valid lengths)
+        else L (static either way); `out_length` (host-computed, >= every sample's
+        spliced length) overrides it, e.g. for mixed image/text batches. `prompt_lengths` [B] (default: the valid lengths)
         marks which rows are prompt, and `salient_mask` [B, L] the salient question
         tokens, both in input_ids coordinates.
         """
@@ -127,6 +129,7 @@ class LlavaModel:
         has_image = is_img.any(axis=1)
         start = jnp.where(has_image, jnp.argmax(is_img, axis=1), 0).astype(jnp.int32)
         out_len = length - (n_ids - k) if images_in_every_sample else length
+        out_len = out_len if out_length is None else out_length
         j = jnp.arange(out_len)[None, :]
         st = start[:, None]
         src = jnp.where(j < st, j, jnp.where(j < st + k, length + j - st, j + (n_ids - k)))
@@ -167,7 +170,8 @@ class LlavaModel:
     def apply(self, params: dict, input_ids: jax.Array, pixel_values: jax.Array,
               attention_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
               reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
-              prompt_lengths: Optional[jax.Array] = None, salient_mask=None, segment_lengths=None):
+              prompt_lengths: Optional[jax.Array] = None, salient_mask=None, segment_lengths=None,
+              splice_length: Optional[int] = None):
         """Logits [B, L', V] float32 and the final `Sequence` (labels/valid after any drops).
 
         `reduction` is a `duet_jax.reduction.ReductionConfig` (static) or None,
@@ -176,20 +180,21 @@ class LlavaModel:
         """
         out = self.forward(params, input_ids, pixel_values, attention_mask, labels, reduction,
                            images_in_every_sample, train=train, prompt_lengths=prompt_lengths,
-                           salient_mask=salient_mask, segment_lengths=segment_lengths)
+                           salient_mask=salient_mask, segment_lengths=segment_lengths,
+                           splice_length=splice_length)
         return self.text.head(params["text"], out.sequence.hidden), out.sequence
 
     def forward(self, params: dict, input_ids, pixel_values, attention_mask=None, labels=None,
                 reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
                 prompt_lengths=None, salient_mask=None, segment_lengths=None,
-                return_kv: bool = False) -> "Forward":
+                return_kv: bool = False, splice_length: Optional[int] = None) -> "Forward":
         """Everything up to the final norm: final sequence, per-segment state, selections."""
         from duet_jax.models.reduced import run_language_model
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
         feats = self.image_features(params, pixel_values, stage1)
         seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels,
-                          images_in_every_sample, prompt_lengths, salient_mask)
+                          images_in_every_sample, prompt_lengths, salient_mask, splice_length)
         seq, segments, kept = run_language_model(
             self.text, params["text"], seq, feats.tokens.shape[1], stage2, images_in_every_sample,
             train=train, segment_lengths=segment_lengths, return_kv=return_kv)

@@ -28,6 +28,7 @@ class StepLayout:
     length: int                                  # padded input length L
     images_in_every_sample: bool
     segment_lengths: Optional[Tuple[int, ...]]   # Stage-2 buffer per boundary, or None
+    splice_length: Optional[int] = None          # LM input buffer after Stage 1 (mixed batches)
 
 
 def image_counts(config: LlavaConfig, reduction) -> Tuple[int, int, List[int]]:
@@ -86,11 +87,12 @@ def sample_lengths(batch: Dict[str, np.ndarray], config: LlavaConfig, reduction)
 
 def local_needs(batches: Sequence[Dict[str, np.ndarray]], config: LlavaConfig, reduction
                 ) -> np.ndarray:
-    """int64 [2 + S]: (longest padded length, all-images flag, longest length after each boundary)."""
+    """int64 [3 + S]: (longest padded length, all-images flag, longest length entering the
+    LM, longest length after each boundary)."""
     per_sample = np.concatenate([sample_lengths(b, config, reduction) for b in batches], axis=1)
     head = [max(b["input_ids"].shape[1] for b in batches),
             all(bool(b["has_image"].all()) for b in batches)]
-    return np.concatenate([np.asarray(head, np.int64), per_sample[1:].max(axis=1)])
+    return np.concatenate([np.asarray(head, np.int64), per_sample.max(axis=1)])
 
 
 def agree(needs: np.ndarray) -> np.ndarray:
@@ -108,15 +110,18 @@ def agree(needs: np.ndarray) -> np.ndarray:
 def plan_layout(needs: np.ndarray, config: LlavaConfig, reduction, bucket: int) -> StepLayout:
     """The step's static layout from the agreed needs."""
     length, all_images = int(needs[0]), bool(needs[1])
-    if reduction is None or reduction.stage2 is None:
-        return StepLayout(length, all_images, None)
     n_ids, n0, _ = image_counts(config, reduction)
     buffer = length - (n_ids - n0) if all_images else length
+    # Mixed image/text batches still shrink by Stage 1: the host knows the longest sample.
+    splice = None if all_images else min(length, _round_up(int(needs[2]), bucket))
+    buffer = buffer if splice is None else splice
+    if reduction is None or reduction.stage2 is None:
+        return StepLayout(length, all_images, None, splice)
     segs = []
-    for longest in needs[2:]:
+    for longest in needs[3:]:
         buffer = min(buffer, _round_up(int(longest), bucket))
         segs.append(buffer)
-    return StepLayout(length, all_images, tuple(segs))
+    return StepLayout(length, all_images, tuple(segs), splice)
 
 
 def stack(batches: Sequence[Dict[str, np.ndarray]], length: int, pad_id: int

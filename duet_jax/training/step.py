@@ -40,7 +40,8 @@ def loss_sums(model: LlavaModel, params: dict, batch: Dict[str, jax.Array], redu
     logits, seq = model.apply(params, batch["input_ids"], batch["pixel_values"],
                               batch["attention_mask"], batch["labels"], reduction,
                               layout.images_in_every_sample, train=True,
-                              segment_lengths=layout.segment_lengths)
+                              segment_lengths=layout.segment_lengths,
+                              splice_length=layout.splice_length)
     return cross_entropy_sums(logits, seq.labels)
 
 
