@@ -45,14 +45,29 @@ def _train_sentencepiece(lines: List[str], vocab_size: int) -> bytes:
 
 def build_tokenizer(directory: str, lines: List[str], vocab_size: int, image_size: int) -> str:
     """Write tokenizer + CLIP image processor files to `directory` (reused when complete)."""
-    from transformers import AddedToken, CLIPImageProcessorPil, LlamaTokenizer
+    from transformers import CLIPImageProcessorPil
 
     if os.path.isfile(os.path.join(directory, TOKENIZER_DONE)):
         return directory
     os.makedirs(directory, exist_ok=True)
+    write_llama_tokenizer(directory, _train_sentencepiece(lines, vocab_size), legacy=True)
+    CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                          crop_size={"height": image_size, "width": image_size}
+                          ).save_pretrained(directory)
+    with open(os.path.join(directory, TOKENIZER_DONE), "w") as f:
+        json.dump({"vocab_size": vocab_size}, f)
+    return directory
+
+
+def write_llama_tokenizer(directory: str, sentencepiece_model: bytes, *, legacy: bool = True) -> str:
+    """A llava-hf-style Llama tokenizer from a SentencePiece model: `<image>` and `<pad>`
+    added, right padding, BOS on, and `legacy` kept in tokenizer_config.json."""
+    from transformers import AddedToken, LlamaTokenizer
+
+    os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
-        f.write(_train_sentencepiece(lines, vocab_size))
-    tok = LlamaTokenizer.from_pretrained(directory, legacy=True, add_bos_token=True,
+        f.write(sentencepiece_model)
+    tok = LlamaTokenizer.from_pretrained(directory, legacy=legacy, add_bos_token=True,
                                          add_eos_token=False)
     tok.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
     tok.add_special_tokens({"pad_token": "<pad>"})
@@ -62,14 +77,9 @@ def build_tokenizer(directory: str, lines: List[str], vocab_size: int, image_siz
     with open(config_path) as f:
         config = json.load(f)
     # save_pretrained drops these init kwargs; without them a reload is non-legacy.
-    config.update(legacy=True, add_bos_token=True, add_eos_token=False)
+    config.update(legacy=legacy, add_bos_token=True, add_eos_token=False)
     with open(config_path, "w") as f:
         json.dump(config, f, indent=2)
-    CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                          crop_size={"height": image_size, "width": image_size}
-                          ).save_pretrained(directory)
-    with open(os.path.join(directory, TOKENIZER_DONE), "w") as f:
-        json.dump({"vocab_size": vocab_size}, f)
     return directory
 
 

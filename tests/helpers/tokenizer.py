@@ -67,26 +67,9 @@ def build_tiny_tokenizer(directory: str, *, legacy: bool = True) -> str:
     `<image>` (= BASE_VOCAB_SIZE when the trainer fills the vocabulary) and `<pad>`.
     `legacy` is stored in tokenizer_config.json (transformers 5 defaults it to False).
     """
-    from transformers import AddedToken, LlamaTokenizer
+    from duet_jax.training.random_model import write_llama_tokenizer
 
-    os.makedirs(directory, exist_ok=True)
-    model_path = os.path.join(directory, "tokenizer.model")
-    with open(model_path, "wb") as f:
-        f.write(_train_sentencepiece(BASE_VOCAB_SIZE))
-    tok = LlamaTokenizer.from_pretrained(directory, legacy=legacy, add_bos_token=True,
-                                         add_eos_token=False)
-    tok.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
-    tok.add_special_tokens({"pad_token": "<pad>"})
-    tok.padding_side = "right"
-    tok.save_pretrained(directory)
-    # save_pretrained drops these init kwargs; without them a reload is non-legacy.
-    config_path = os.path.join(directory, "tokenizer_config.json")
-    with open(config_path) as f:
-        config = json.load(f)
-    config.update(legacy=legacy, add_bos_token=True, add_eos_token=False)
-    with open(config_path, "w") as f:
-        json.dump(config, f, indent=2)
-    return directory
+    return write_llama_tokenizer(directory, _train_sentencepiece(BASE_VOCAB_SIZE), legacy=legacy)
 
 
 def image_token_id(tokenizer) -> int:

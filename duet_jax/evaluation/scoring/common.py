@@ -151,3 +151,14 @@ def match_answers(answers_path: str, answers: Sequence[dict], questions_path: st
 def percent(numerator: float, denominator: float) -> float | None:
     """numerator/denominator*100 in the official order of operations; None if 0/0."""
     return numerator / denominator * 100 if denominator else None
+
+
+def read_answer_lines(answers_path: str) -> list:
+    """Answer-file lines with string `question_id`/`prompt`/`text` fields; none is an error."""
+    answers = read_jsonl(answers_path)
+    require_fields(answers_path, answers, ("question_id", "prompt", "text"))
+    require_str(answers_path, answers, "text")
+    require_str(answers_path, answers, "prompt")
+    if not answers:
+        raise ScoreError(f"{answers_path}: no answer lines to score")
+    return answers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .common import (SHORT_ANSWER, ScoreError, index_unique, match_answers, read_jsonl, require_dir,
+from .common import (SHORT_ANSWER, ScoreError, read_answer_lines, index_unique, match_answers, read_jsonl, require_dir,
                      require_fields, require_str, where)
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
@@ -72,12 +72,7 @@ def load_ground_truth(root: str, categories: set[str]) -> dict:
 
 
 def score(answers_path: str, annotations_path: str, questions_path: str | None = None) -> dict:
-    answers = read_jsonl(answers_path)
-    require_fields(answers_path, answers, ("question_id", "prompt", "text"))
-    require_str(answers_path, answers, "text")
-    require_str(answers_path, answers, "prompt")
-    if not answers:
-        raise ScoreError(f"{answers_path}: no answer lines to score")
+    answers = read_answer_lines(answers_path)
     if questions_path is not None:
         questions = read_jsonl(questions_path)
         require_fields(questions_path, questions, ("question_id", "text"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .common import ScoreError, match_answers, read_json, read_jsonl, require_fields, require_str, where
+from .common import ScoreError, read_answer_lines, match_answers, read_json, read_jsonl, require_fields, require_str, where
 from .m4c import normalize_answer
 
 _OCR_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
@@ -56,12 +56,7 @@ def load_annotations(path: str) -> dict:
 
 
 def score(answers_path: str, annotations_path: str, questions_path: str | None = None) -> dict:
-    answers = read_jsonl(answers_path)
-    require_fields(answers_path, answers, ("question_id", "prompt", "text"))
-    require_str(answers_path, answers, "text")
-    require_str(answers_path, answers, "prompt")
-    if not answers:
-        raise ScoreError(f"{answers_path}: no answer lines to score")
+    answers = read_answer_lines(answers_path)
     if questions_path is not None:
         questions = read_jsonl(questions_path)
         require_fields(questions_path, questions, ("question_id", "text"))
