@@ -38,6 +38,20 @@ def time_fn(fn, *, warmup=1, repeats=5):
     return statistics.median(times)
 
 
+def time_round_robin(fns: dict, *, repeats=5) -> dict:
+    """Median wall seconds per named thunk, timed in interleaved rounds so that drifting
+    machine load hits every setting alike (ratios stay meaningful on a shared CPU)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def write_json(name: str, payload: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, name)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from bench.common import llava_shaped_hf_config, print_table, time_fn, write_json
+from bench.common import llava_shaped_hf_config, print_table, time_round_robin, write_json
 from bench.flops import prefill_flops
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
@@ -63,12 +63,10 @@ def main():
     pixels = g.standard_normal((b, 3, 336, 336)).astype(np.float32)
     dev = [jnp.asarray(x) for x in (ids, pixels, mask)]
 
-    rows, results = [], {}
     base_flops = prefill_flops(cfg, args.text_tokens)["total"]
-    run = lambda red: jax_prefill(module, params, *dev, red).block_until_ready()
-    t_full = time_fn(lambda: run(None), repeats=args.repeats)
-    results["none"] = {"seconds": t_full, "gflops": base_flops / 1e9}
-    rows.append(["none (JAX)", 576, f"{t_full*1e3:.1f}", "1.00", "1.00", "-"])
+    run = lambda red: (lambda: jax_prefill(module, params, *dev, red).block_until_ready())
+    fns = {"none": run(None)}
+    fns.update({name: run(get_preset(name)) for name in args.presets})
     if not args.no_torch:
         from transformers import LlavaForConditionalGeneration
         hf = LlavaForConditionalGeneration._from_config(hf_cfg, attn_implementation="sdpa").eval()
@@ -78,16 +76,21 @@ def main():
             with torch.no_grad():
                 h = hf.model(input_ids=tids, pixel_values=tpix).last_hidden_state[:, -1]
                 return hf.lm_head(h)
-        t_torch = time_fn(torch_prefill, repeats=args.repeats)
-        results["torch_none"] = {"seconds": t_torch}
+        fns["torch_none"] = torch_prefill
+    times = time_round_robin(fns, repeats=args.repeats)
+    t_full = times["none"]
+    results = {"none": {"seconds": t_full, "gflops": base_flops / 1e9}}
+    rows = [["none (JAX)", 576, f"{t_full*1e3:.1f}", "1.00", "1.00", "-"]]
+    if "torch_none" in times:
+        t_torch = times["torch_none"]
+        results["torch_none"] = {"seconds": t_torch, "jax_speedup_over_torch": t_torch / t_full}
         rows.append(["none (HF PyTorch sdpa)", 576, f"{t_torch*1e3:.1f}",
                      f"{t_full / t_torch:.2f}", "-", "-"])
     from duet_jax.reduction import average_visual_tokens
     for name in args.presets:
         red = get_preset(name)
-        fl = prefill_flops(cfg, args.text_tokens, red)["total"]
-        t = time_fn(lambda: run(red), repeats=args.repeats)
-        bound = base_flops / fl
+        t = times[name]
+        bound = base_flops / prefill_flops(cfg, args.text_tokens, red)["total"]
         speedup = t_full / t
         avg = average_visual_tokens(red, cfg.vision.num_patches, cfg.text.num_hidden_layers)
         results[name] = {"seconds": t, "speedup": speedup, "flop_bound": bound,
@@ -98,7 +101,7 @@ def main():
           f"(24 CLIP / 32 LLM layers, widths {cfg.vision.hidden_size}/{cfg.text.hidden_size}), "
           f"{jax.default_backend()}")
     print_table(["setting", "avg vis tok", "ms", "speedup", "FLOP bound", "of bound"], rows)
-    path = write_json("prefill.json", {"batch": b, "text_tokens": args.text_tokens,
+    path = write_json(f"prefill_b{b}.json", {"batch": b, "text_tokens": args.text_tokens,
                                        "results": results})
     print(f"wrote {path}")
 
