@@ -1,0 +1,127 @@
+"""The miniature's tables (paper Tables 1, 3, 5, 6 in miniature), the plot and report.md.
+
+Scores are the benchmarks' reported numbers (POPE: mean F1 over the three
+splits; TextVQA: soft accuracy; GQA: exact-match accuracy), each also shown
+relative to the unreduced baseline; "Avg" is the paper's relative average
+(EVAL.md §8) over the three miniature benchmarks:
+100 * mean_b score_b(method) / score_b(baseline).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+from duet_jax.evaluation.scoring.relative import relative_average
+from duet_jax.miniature.dataset import BENCHMARKS
+
+LABELS = {"pope": "POPE F1", "textvqa": "TextVQA", "gqa": "GQA"}
+
+
+def relative_avg(scores: Dict[str, float], base: Dict[str, float]) -> Optional[float]:
+    return relative_average(scores, base, BENCHMARKS)
+
+
+def _cell(value: float, base: float) -> str:
+    rel = 100.0 * value / base if base else float("nan")
+    return f"{value:5.1f} ({rel:5.1f}%)"
+
+
+def table(rows: List[dict], base: Dict[str, float], title: str, extra: str = "") -> str:
+    """rows: {method, tokens, scores or None, note, [extra column value]} -> aligned text."""
+    head = f"{'method':<24}{'tokens':>8}  " + "".join(f"{LABELS[b]:>17}" for b in BENCHMARKS)
+    head += f"{'Avg':>9}" + (f"{extra:>10}" if extra else "")
+    lines = [title, head, "-" * len(head)]
+    for r in rows:
+        line = f"{r['method']:<24}{r['tokens']:>8}  "
+        if r.get("scores") is None:
+            line += r.get("note", "n/a")
+        else:
+            line += "".join(f"{_cell(r['scores'][b], base[b]):>17}" for b in BENCHMARKS)
+            avg = relative_avg(r["scores"], base)
+            line += f"{avg:8.1f}%" if avg is not None else f"{'n/a':>9}"
+            if extra:
+                line += f"{r.get('extra', ''):>10}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def inference_table(results: dict, presets: dict, base_name: str, num_layers: int) -> str:
+    """Table 1 / 5 in miniature: every method at every budget on the baseline model."""
+    from duet_jax.reduction import average_visual_tokens
+    base = results[base_name]
+    rows = [{"method": "unreduced", "tokens": "576", "scores": base["scores"],
+             "extra": "1.00x"}]
+    for budget in sorted({b for cfgs in presets.values() for b, _ in cfgs}, reverse=True):
+        for method, cfgs in presets.items():
+            for b, cfg in cfgs:
+                if b != budget:
+                    continue
+                if cfg is None:
+                    rows.append({"method": method, "tokens": str(b), "scores": None,
+                                 "note": f"unreachable: layer 1 alone holds 576/{num_layers} "
+                                         f"= {576 / num_layers:.0f} tokens per layer"})
+                    continue
+                r = results[cfg.name]
+                avg = average_visual_tokens(cfg, 576, num_layers)
+                rows.append({"method": method, "tokens": f"{avg:.0f}", "scores": r["scores"],
+                             "extra": f"{base['seconds'] / r['seconds']:.2f}x"})
+    return table(rows, base["scores"], "Inference-only (paper Tables 1 + 5), baseline model:",
+                 extra="speedup")
+
+
+def trained_table(results: dict, base_name: str, duet_name: str, trained_name: str,
+                  budget: int, train: dict) -> str:
+    """Table 3 + 6 in miniature: DUET inference-only vs DUET-trained, and training time."""
+    base = results[base_name]["scores"]
+    full_s, duet_s = train["finetune-full"]["step_s"], train["finetune-duet"]["step_s"]
+    cut = f"{100.0 * (1.0 - duet_s / full_s):.0f}%" if full_s and duet_s else "n/a"
+    rows = [{"method": "unreduced (trained full)", "tokens": "576", "scores": base,
+             "extra": "0%"},
+            {"method": "DUET inference-only", "tokens": str(budget),
+             "scores": results[duet_name]["scores"], "extra": "-"},
+            {"method": "DUET trained with DUET", "tokens": str(budget),
+             "scores": results[trained_name]["scores"], "extra": cut}]
+    return table(rows, base, f"Trained with DUET (paper Tables 3 + 6) at {budget} tokens:",
+                 extra="train ↓")
+
+
+def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: str,
+         trained_budget: int, num_layers: int) -> None:
+    """Relative average (%) against average visual tokens per LM layer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from duet_jax.reduction import average_visual_tokens
+
+    base = results[base_name]["scores"]
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    markers = {"VisionZip": "s", "PyramidDrop": "^", "DUET": "o"}
+    for method, cfgs in presets.items():
+        pts = [(average_visual_tokens(c, 576, num_layers),
+                relative_avg(results[c.name]["scores"], base)) for _, c in cfgs if c is not None]
+        if pts:
+            ax.plot(*zip(*sorted(pts)), marker=markers.get(method, "o"), label=method)
+    trained = relative_avg(results[trained_name]["scores"], base)
+    ax.plot([trained_budget], [trained], "P", markersize=11, color="tab:purple",
+            label="DUET trained with DUET")
+    ax.plot([576], [100.0], "*", markersize=13, color="tab:red", label="unreduced (576)")
+    ax.axhline(100.0, color="tab:red", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks([64, 128, 192, 576])
+    ax.set_xticklabels(["64", "128", "192", "576"])
+    ax.set_xlabel("average visual tokens per LM layer")
+    ax.set_ylabel("relative average accuracy (%)")
+    ax.set_title("Miniature DUET-VLM: accuracy vs visual tokens (test split)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+
+
+def write_report(path: str, sections: List[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("# Miniature DUET-VLM results\n\n")
+        for s in sections:
+            f.write("```\n" + s + "\n```\n\n")

@@ -1,0 +1,175 @@
+"""Questions about a :class:`~duet_jax.miniature.scenes.Scene`, with their answers.
+
+Three families, mirroring the paper's benchmarks (EVAL.md §1-3):
+
+* POPE-style existence: "Is there a red circle in the image?" Yes/No. The
+  absent object of a "No" question is drawn per POPE split: ``random`` (any
+  absent colour + shape), ``popular`` (an absent pair whose colour is in the
+  picture) and ``adversarial`` (colour and shape both in the picture, never
+  together: only binding them answers it).
+* GQA-style short answers: colour, shape, count and left/right questions.
+* TextVQA-style reading: "What letter is written in blue?" with the two
+  letters of the picture as the "Reference OCR token" hint (sorted), so the
+  model has to find the one with the asked colour and read it.
+
+Every function takes a `random.Random` and returns None when the scene
+cannot carry that question (e.g. no letters).
+"""
+from __future__ import annotations
+
+import random
+from typing import List, NamedTuple, Optional
+
+from duet_jax.miniature.scenes import COLORS, SHAPES, Scene
+
+SHORT = "Answer the question using a single word or phrase."
+POPE_SPLITS = ("adversarial", "popular", "random")
+GQA_KINDS = ("colour", "shape", "count", "position")
+MIN_DX = 6          # left/right questions need centres at least this far apart (pixels)
+
+
+class QA(NamedTuple):
+    kind: str           # pope | colour | shape | count | position | read
+    question: str       # the question line (no suffix)
+    answer: str
+    text: str           # the full user text after "<image>\n" (suffix / OCR line included)
+    category: str = ""  # POPE split, or the GQA kind
+
+
+def _short(question: str) -> str:
+    return f"{question}\n{SHORT}"
+
+
+def absent_object(scene: Scene, split: str, rng: random.Random):
+    """(colour, shape) not in the scene, drawn as POPE split `split` draws negatives.
+
+    Falls back to the next easier split when the scene cannot host the harder one
+    (adversarial -> popular -> random).
+    """
+    absent = [(c, s) for c in COLORS for s in SHAPES if not scene.has(c, s)]
+    colours = {t.color for t in scene.shapes}
+    kinds = {t.kind for t in scene.shapes}
+    pools = {"adversarial": [p for p in absent if p[0] in colours and p[1] in kinds],
+             "popular": [p for p in absent if p[0] in colours],
+             "random": absent}
+    order = POPE_SPLITS[POPE_SPLITS.index(split):]
+    for name in order:
+        if pools[name]:
+            return rng.choice(pools[name])
+    raise ValueError("a scene with every colour-shape pair has no absent object")
+
+
+def pope_question(scene: Scene, rng: random.Random, positive: bool, split: str) -> Optional[QA]:
+    if not scene.shapes:
+        return None
+    if positive:
+        thing = rng.choice(scene.shapes)
+        colour, shape = thing.color, thing.kind
+    else:
+        colour, shape = absent_object(scene, split, rng)
+    question = f"Is there a {colour} {shape} in the image?"
+    return QA("pope", question, "Yes" if positive else "No", _short(question), split)
+
+
+def colour_question(scene: Scene, rng: random.Random) -> Optional[QA]:
+    unique = [t for t in scene.shapes if scene.count(t.kind) == 1]
+    if not unique:
+        return None
+    thing = rng.choice(unique)
+    question = f"What colour is the {thing.kind}?"
+    return QA("colour", question, thing.color, _short(question), "colour")
+
+
+def shape_question(scene: Scene, rng: random.Random) -> Optional[QA]:
+    unique = [t for t in scene.shapes if sum(u.color == t.color for u in scene.shapes) == 1]
+    if not unique:
+        return None
+    thing = rng.choice(unique)
+    question = f"Which shape is {thing.color}?"
+    return QA("shape", question, thing.kind, _short(question), "shape")
+
+
+def count_question(scene: Scene, rng: random.Random) -> Optional[QA]:
+    present = sorted({t.kind for t in scene.shapes})
+    # Mostly shapes that are there; sometimes one that is not (answer 0).
+    shape = rng.choice(present) if present and rng.random() < 0.85 else rng.choice(SHAPES)
+    question = f"How many {shape}s are there?"
+    return QA("count", question, str(scene.count(shape)), _short(question), "count")
+
+
+def position_question(scene: Scene, rng: random.Random) -> Optional[QA]:
+    unique = [t for t in scene.shapes
+              if sum(u.kind == t.kind and u.color == t.color for u in scene.shapes) == 1]
+    pairs = [(a, b) for a in unique for b in unique
+             if a is not b and abs(a.center_x - b.center_x) >= MIN_DX]
+    if not pairs:
+        return None
+    a, b = rng.choice(pairs)
+    question = f"Is the {a.color} {a.kind} to the left or right of the {b.color} {b.kind}?"
+    answer = "left" if a.center_x < b.center_x else "right"
+    return QA("position", question, answer, _short(question), "position")
+
+
+def read_question(scene: Scene, rng: random.Random) -> Optional[QA]:
+    if len(scene.letters) < 2:
+        return None
+    thing = rng.choice(scene.letters)
+    ocr = ", ".join(sorted(t.letter for t in scene.letters))
+    question = f"What letter is written in {thing.color}?"
+    # TextVQA's three-line text: question, OCR hint, answer-format suffix (EVAL.md §2).
+    return QA("read", question, thing.letter,
+              f"{question}\nReference OCR token: {ocr}\n{SHORT}", "read")
+
+
+def caption(scene: Scene, rng: random.Random) -> QA:
+    """A LLaVA-pretraining-style short description, objects from left to right; many
+    supervised tokens per image, every one about the picture."""
+    parts = []
+    for t in sorted(scene.objects, key=lambda t: (t.center_x, t.box[1])):
+        if t.kind == "letter":
+            parts.append(f"the {t.color} letter {t.letter}")
+        else:
+            parts.append(f"a {'small ' if t.small else ''}{t.color} {t.kind}")
+    question = "Describe the image briefly."
+    return QA("caption", question, ", ".join(parts) + ".", question, "caption")
+
+
+GQA_MAKERS = {"colour": colour_question, "shape": shape_question, "count": count_question,
+              "position": position_question}
+
+
+def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) -> List[QA]:
+    """Up to `per_family` questions of each family the scene can carry (existence:
+    that many Yes and that many No), duplicates removed, in random order: one
+    multi-turn LLaVA record. The 576 image tokens dominate a sample's cost, so
+    many answers per image make training far cheaper per supervised answer."""
+    out = []
+    for _ in range(per_family):
+        out.append(pope_question(scene, rng, True, "random"))
+        out.append(pope_question(scene, rng, False, rng.choice(POPE_SPLITS)))
+        out += [make(scene, rng) for make in GQA_MAKERS.values()]
+        out.append(read_question(scene, rng))
+    out.append(caption(scene, rng))
+    unique = {}
+    for qa in out:
+        if qa is not None:
+            unique.setdefault(qa.question, qa)
+    out = list(unique.values())
+    rng.shuffle(out)
+    return out
+
+
+def follow_up_text(qa: QA) -> str:
+    """A later turn's text: the question (and OCR hint) without the answer-format suffix,
+    as in LLaVA's multi-turn VQA records; the first turn keeps the eval prompt exactly."""
+    return qa.text[:-len(SHORT) - 1] if qa.text.endswith("\n" + SHORT) else qa.text
+
+
+def llava_record(record_id: str, image: str, qas: List[QA]) -> dict:
+    """LLaVA instruction-tuning record: `<image>` opens the first human turn."""
+    turns = []
+    for i, qa in enumerate(qas):
+        value = "<image>\n" + qa.text if i == 0 else follow_up_text(qa)
+        turns.append({"from": "human", "value": value})
+        turns.append({"from": "gpt", "value": qa.answer})
+    return {"id": record_id, "image": image, "conversations": turns}

@@ -1,0 +1,149 @@
+"""The synthetic task: scenes match their facts, questions match the scenes, and the
+written files score 100 with the official-rule scorers when answered with the truth."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from duet_jax.miniature import tasks
+from duet_jax.miniature.dataset import DataConfig, eval_paths, generate
+from duet_jax.miniature.scenes import COLORS, label_map, make_scene, rng_for
+from duet_jax.miniature.tower import patch_labels
+
+TOY = DataConfig(seed=3, train_images=6, val_pope_per_split=2, val_textvqa=2, val_gqa=4,
+                 test_pope_per_split=4, test_textvqa=3, test_gqa=8)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return generate(str(tmp_path_factory.mktemp("mini_data")), TOY)
+
+
+def test_scenes_are_deterministic_and_drawn_as_described():
+    for index in range(12):
+        img_a, scene_a = make_scene(0, "train", index)
+        img_b, scene_b = make_scene(0, "train", index)
+        assert scene_a == scene_b and np.array_equal(np.asarray(img_a), np.asarray(img_b))
+        pixels, labels = np.asarray(img_a).astype(int), label_map(scene_a)
+        for k, thing in enumerate(scene_a.objects, start=1):
+            mask = labels == k
+            assert mask.sum() >= 20, thing
+            rgb = np.array(COLORS[thing.color])
+            if thing.kind == "letter":
+                # Antialiased edges blend with the background; the body is the colour.
+                diff = np.abs(pixels[mask] - rgb).max(axis=1)
+                assert np.median(diff) <= 10 and (diff <= 60).mean() > 0.75, thing
+                continue
+            # Shapes: the colour where the kind's 2-px pattern is light, 0.55 x it where dark.
+            yy, xx = np.nonzero(mask)
+            dark = {"circle": np.zeros_like(xx, bool), "square": xx % 2 == 1,
+                    "triangle": yy % 2 == 1, "diamond": (xx + yy) % 2 == 1}[thing.kind]
+            expected = np.where(dark[:, None], np.round(0.55 * rgb), rgb)
+            assert np.abs(pixels[mask] - expected).max() <= 1, thing
+    assert not np.array_equal(np.asarray(make_scene(0, "train", 0)[0]),
+                              np.asarray(make_scene(0, "test", 0)[0]))
+
+
+def test_patch_labels_follow_the_label_map():
+    _, scene = make_scene(0, "train", 1)
+    colour, kind = patch_labels(scene, 4)
+    labels = label_map(scene)
+    assert colour.shape == kind.shape == (576,)
+    for p in np.flatnonzero(kind):
+        r, c = divmod(int(p), 24)
+        block = labels[4 * r:4 * r + 4, 4 * c:4 * c + 4]
+        owner = scene.objects[np.bincount(block[block > 0]).argmax() - 1]
+        assert list(COLORS)[colour[p] - 1] == owner.color
+    assert (kind == 0).mean() > 0.5        # most patches are background
+
+
+def test_questions_agree_with_the_scene():
+    for index in range(60):
+        _, scene = make_scene(1, "val", index)
+        rng = rng_for(1, "q", index)
+        for split in tasks.POPE_SPLITS:
+            qa = tasks.pope_question(scene, rng, False, split)
+            colour, shape = qa.question.split()[3:5]
+            assert qa.answer == "No" and not scene.has(colour, shape)
+            if split == "adversarial" and qa.category == "adversarial":
+                pool = [(c, s) for c in COLORS for s in ("circle", "square", "triangle", "diamond")
+                        if not scene.has(c, s) and c in {t.color for t in scene.shapes}
+                        and s in {t.kind for t in scene.shapes}]
+                assert not pool or (colour, shape) in pool
+        qa = tasks.pope_question(scene, rng, True, "random")
+        assert qa.answer == "Yes" and scene.has(*qa.question.split()[3:5])
+        qa = tasks.count_question(scene, rng)
+        assert int(qa.answer) == scene.count(qa.question.split()[2][:-1])
+        qa = tasks.read_question(scene, rng)
+        if qa is not None:
+            colour = qa.question.split()[-1].rstrip("?")
+            assert [t.letter for t in scene.letters if t.color == colour] == [qa.answer]
+            assert len(qa.text.split("\n")) == 3      # TextVQA's question / OCR / suffix lines
+
+
+def test_training_records_are_llava_conversations(data_dir):
+    with open(os.path.join(data_dir, "train.json")) as f:
+        records = json.load(f)
+    assert len(records) == TOY.train_images
+    for rec in records:
+        turns = rec["conversations"]
+        first = turns[0]["value"]
+        assert first.startswith("<image>\n")
+        assert first.endswith(tasks.SHORT) or first == "<image>\nDescribe the image briefly."
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        assert sum("<image>" in t["value"] for t in turns) == 1
+        assert os.path.isfile(os.path.join(data_dir, rec["image"]))
+
+
+@pytest.mark.parametrize("benchmark,expected", [("pope", "f1_mean"), ("textvqa", "accuracy"),
+                                                ("gqa", "accuracy")])
+def test_truthful_answers_score_100(data_dir, tmp_path, benchmark, expected):
+    from duet_jax.evaluation.questions import answer_record, load_questions
+    from duet_jax.evaluation.scoring import score_benchmark
+    paths = eval_paths(data_dir, "test", benchmark)
+    questions = load_questions(benchmark, paths["questions"])
+    truth = _truth(benchmark, paths)
+    answers = tmp_path / "answers.jsonl"
+    with open(answers, "w") as f:
+        for q in questions:
+            f.write(json.dumps(answer_record(q, truth[q.question_id], "toy")) + "\n")
+    block = score_benchmark(benchmark, str(answers), paths["annotations"], paths["questions"])
+    assert block[expected] == pytest.approx(100.0)
+    # A constant answer cannot score 100 on these balanced files.
+    with open(answers, "w") as f:
+        for q in questions:
+            f.write(json.dumps(answer_record(q, "No", "toy")) + "\n")
+    assert score_benchmark(benchmark, str(answers), paths["annotations"],
+                           paths["questions"])[expected] < 100.0
+
+
+def _truth(benchmark, paths):
+    if benchmark == "pope":
+        with open(paths["questions"]) as f:
+            qs = [json.loads(line) for line in f]
+        out = {}
+        for split in tasks.POPE_SPLITS:
+            with open(os.path.join(paths["annotations"], f"coco_pope_{split}.json")) as f:
+                labels = [json.loads(line)["label"] for line in f]
+            for q, label in zip([q for q in qs if q["category"] == split], labels):
+                out[q["question_id"]] = label.capitalize()
+        return out
+    if benchmark == "textvqa":
+        with open(paths["annotations"]) as f:
+            return {r["image_id"]: r["answers"][0] for r in json.load(f)["data"]}
+    with open(paths["annotations"]) as f:
+        return {qid: r["answer"] for qid, r in json.load(f).items()}
+
+
+def test_generate_is_cached_by_config(data_dir):
+    before = os.path.getmtime(os.path.join(data_dir, "train.json"))
+    generate(data_dir, TOY)
+    assert os.path.getmtime(os.path.join(data_dir, "train.json")) == before
+
+
+def test_rng_streams_differ():
+    assert rng_for(0, "a", 1).random() != rng_for(0, "b", 1).random()
+    assert rng_for(0, "a", 1).random() == rng_for(0, "a", 1).random()
