@@ -19,10 +19,9 @@ import collections
 import dataclasses
 import json
 import os
-import tempfile
 
 from .questions import Question, question_key
-from .scoring.common import ScoreError
+from .scoring.common import ScoreError, atomic_write_text
 
 _FIX = "pass the question file it was written for, or a new --answers path"
 
@@ -87,18 +86,7 @@ def _read_lines(path: str) -> tuple[list, list, bool]:
 
 def _replace_file(path: str, text: str) -> None:
     """Atomic rewrite: temp file in the same folder, fsync, os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".answers-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text, prefix=".answers-")
 
 
 def resume_state(path: str, questions: list[Question]) -> ResumeState:

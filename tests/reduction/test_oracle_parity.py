@@ -7,9 +7,6 @@ representable (dyadic) values to force ties, which must go to the lowest
 index (ALGORITHM.md §2.8).
 """
 import functools
-import importlib.util
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,19 +17,7 @@ from duet_jax.reduction import (keep_top_image_tokens, official_query_mask,
                                 text_image_scores, vision_merge, vision_merge_size)
 
 
-def _load_oracle():
-    # tests/ has no __init__.py; load by path under a unique name.
-    name = "duet_tests_reduction_oracle"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, pathlib.Path(__file__).with_name("oracle.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ref = _load_oracle()
+from tests.reduction import oracle as ref  # noqa: E402
 ATOL = 1e-5
 GAP = 1e-5  # minimum decisive (relative) gap of a "tie-free" draw; float32 noise ~1e-7
 PAPER_ATTN_KW = "attn"  # keyword vision_merge takes the full [B,H,T,T] map by

@@ -4,28 +4,12 @@ Checks: hand-computed Stage-1 examples, the spec's worked numbers (ALGORITHM.md
 §2.3, §2.6, §4.1, §4.2, §5), and Stage-2 attention against HF PyTorch's
 eager Llama attention (an independent implementation).
 """
-import importlib.util
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
 
-def _load_oracle():
-    # tests/ has no __init__.py; load by path under a unique name so no other
-    # test folder's module can shadow it.
-    name = "duet_tests_reduction_oracle"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, pathlib.Path(__file__).with_name("oracle.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ref = _load_oracle()
+from tests.reduction import oracle as ref  # noqa: E402
 
 
 # ---- Stage 1: hand-computed example (N=8, d=3, H=2) -----------------------

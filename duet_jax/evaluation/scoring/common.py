@@ -162,3 +162,20 @@ def read_answer_lines(answers_path: str) -> list:
     if not answers:
         raise ScoreError(f"{answers_path}: no answer lines to score")
     return answers
+
+
+def atomic_write_text(path: str, text: str, prefix: str = ".tmp-") -> None:
+    """Atomic rewrite: temp file in the same folder, fsync, os.replace (never half-written)."""
+    import tempfile
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
-from .common import ScoreError, read_json
+from .common import ScoreError, atomic_write_text, read_json
 from .relative import IMAGE_BENCHMARKS, relative_block
 
 BENCHMARK_KEYS = ("pope", "textvqa", "gqa", "mme", "sqa", "seed", "video")
@@ -56,17 +55,7 @@ def write_atomic(path: str, summary: dict) -> None:
         text = json.dumps(summary, indent=2, sort_keys=False, allow_nan=False) + "\n"
     except ValueError as e:
         raise ScoreError(f"summary is not valid JSON ({e})") from None
-    fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text, prefix=".summary-")
 
 
 def baseline_snapshot(baseline: dict) -> dict:
