@@ -30,7 +30,8 @@ class LlamaAttention(nn.Module):
 
         With a cache, the new keys/values are placed at `cache_index` and the
         queries attend over the whole cache (masked by `mask`).
-        Returns (out [B, T, D], (k, v)): the keys/values of these T tokens, [B, T, KV, hd].
+        Returns (out [B, T, D], (k, v)): the keys/values of these T tokens, [B, T, KV, hd],
+        or with a cache the updated cache, [B, S, KV, hd].
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -39,10 +40,10 @@ class LlamaAttention(nn.Module):
         q = apply_rope(dense(h * hd, "q_proj")(x).reshape(b, t, h, hd), cos, sin)
         k = apply_rope(dense(kv * hd, "k_proj")(x).reshape(b, t, kv, hd), cos, sin)
         v = dense(kv * hd, "v_proj")(x).reshape(b, t, kv, hd)
-        new_kv = (k, v)
         if kv_cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, 1)
             v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, 1)
+        new_kv = (k, v)
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
                                            scale=hd ** -0.5)
         out = nn.Dense(cfg.hidden_size, use_bias=cfg.attention_bias, dtype=self.dtype,
@@ -175,22 +176,17 @@ class LlamaModel:
         mask = ((slot <= query_slot) & cache_valid.astype(bool)[:, None, :])[:, None]
         layer = self._layer()
 
-        # Caches ride in the carry and only the new slots are written, so XLA
-        # updates them in place instead of re-stacking whole caches every step.
-        def body(carry, inputs):
-            x, k_all, v_all = carry
-            p, i = inputs
-            ck = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)
-            cv = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)
+        # Each layer's cache goes in as a scan input and comes out rewritten as a scan
+        # output: one linear pass over the caches per step. (Carrying the stacked caches
+        # and updating them in place made XLA:CPU copy the whole stack at every layer,
+        # a cost quadratic in depth.)
+        def body(x, inputs):
+            p, ck, cv = inputs
             x, (k, v) = layer.apply({"params": p}, x, cos, sin, mask, (ck, cv), cache_index)
-            start = (i, 0, cache_index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-            return (x, k_all, v_all), None
+            return x, (k, v)
 
-        (h, k_all, v_all), _ = jax.lax.scan(
-            body, (h, *caches),
-            (slice_layers(params["layers"], lo, hi) if layers is None else layers, jnp.arange(hi - lo)))
+        layers = slice_layers(params["layers"], lo, hi) if layers is None else layers
+        h, (k_all, v_all) = jax.lax.scan(body, h, (layers, *caches))
         return h, (k_all, v_all)
 
     def head(self, params: dict, h: jax.Array) -> jax.Array:
