@@ -1,9 +1,17 @@
-"""Prefill time of the LLaVA-shaped model: JAX vs HF PyTorch (unreduced), and every
-reduction preset against the unreduced JAX model beside its analytic FLOP bound.
+"""Prefill time of the LLaVA-shaped model, JAX beside its PyTorch peer, for the
+unreduced model and every reduction preset, each against its analytic FLOP bound.
 
-    python bench/prefill.py [--batch 1] [--text-tokens 64] [--repeats 5]
+The peer is the PyTorch way of doing the same work (`bench/torch_peer.py`: HF
+modules layer by layer, Stage 1 and the drops as torch gathers between layers) on
+the same weights: the HF model is saved and loaded into JAX through the
+checkpoint converter. Both report speedup over their own unreduced run and the
+fraction of the FLOP bound that speedup reaches; `max |dlogit|` checks that the
+two compute the same thing.
 
-Prints a table and writes bench/results/prefill.json.
+    python bench/prefill.py [--batch 1] [--text-tokens 64] [--repeats 5] [--no-torch]
+                            [--width-v 256 --width-t 512 --vocab 32064]
+
+Prints a table and writes bench/results/prefill_b{batch}.json.
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import argparse
 import functools
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,14 +30,16 @@ import torch
 
 from bench.common import llava_shaped_hf_config, print_table, time_round_robin, write_json
 from bench.flops import prefill_flops
-from duet_jax.models.config import LlavaConfig
+from bench.torch_peer import reduced_prefill
+from duet_jax.checkpoints.load import load_params
 from duet_jax.models.llava import LlavaModel
-from duet_jax.reduction import get_preset
+from duet_jax.reduction import average_visual_tokens, get_preset
 
 PRESETS = ["llava15-duet-192", "llava15-duet-128", "llava15-duet-64",
            "llava15-visionzip-192", "llava15-visionzip-128", "llava15-visionzip-64",
            "llava15-pdrop-192", "llava15-pdrop-128", "llava15-pdrop-64",
            "llava15-fastv-192", "llava15-fastv-128", "llava15-fastv-64"]
+IMAGE_AT = 5
 
 
 @functools.partial(jax.jit, static_argnames=("module", "reduction"))
@@ -48,61 +59,69 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--presets", nargs="*", default=PRESETS)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--width-v", type=int, default=256, help="CLIP width (multiple of 64)")
+    ap.add_argument("--width-t", type=int, default=512, help="LLM width (multiple of 64)")
+    ap.add_argument("--vocab", type=int, default=32064)
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    hf_cfg = llava_shaped_hf_config()
-    cfg = LlavaConfig.from_hf(hf_cfg.to_dict())
+    hf_cfg = llava_shaped_hf_config(width_v=args.width_v, width_t=args.width_t, vocab=args.vocab)
+    from transformers import LlavaForConditionalGeneration
+    hf = LlavaForConditionalGeneration._from_config(hf_cfg, attn_implementation="sdpa").eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        cfg, params = load_params(tmp)
     module = LlavaModel(cfg)
-    params = module.init(jax.random.key(0))
     b, n = args.batch, cfg.image_seq_length
     g = np.random.default_rng(0)
     ids = g.integers(3, 30000, (b, n + args.text_tokens)).astype(np.int32)
-    ids[:, 5:5 + n] = cfg.image_token_index
+    ids[:, IMAGE_AT:IMAGE_AT + n] = cfg.image_token_index
     mask = np.ones_like(ids)
     pixels = g.standard_normal((b, 3, 336, 336)).astype(np.float32)
     dev = [jnp.asarray(x) for x in (ids, pixels, mask)]
+    tids, tpix = torch.tensor(ids.astype(np.int64)), torch.tensor(pixels)
+
+    settings = {"none": None, **{name: get_preset(name) for name in args.presets}}
+    jax_run = lambda red: (lambda: jax_prefill(module, params, *dev, red).block_until_ready())
+    torch_run = lambda red: (lambda: reduced_prefill(hf, tids, tpix, red, IMAGE_AT))
+    fns = {("jax", name): jax_run(red) for name, red in settings.items()}
+    if not args.no_torch:
+        fns.update({("torch", name): torch_run(red) for name, red in settings.items()})
+    times = time_round_robin(fns, repeats=args.repeats)
 
     base_flops = prefill_flops(cfg, args.text_tokens)["total"]
-    run = lambda red: (lambda: jax_prefill(module, params, *dev, red).block_until_ready())
-    fns = {"none": run(None)}
-    fns.update({name: run(get_preset(name)) for name in args.presets})
-    if not args.no_torch:
-        from transformers import LlavaForConditionalGeneration
-        hf = LlavaForConditionalGeneration._from_config(hf_cfg, attn_implementation="sdpa").eval()
-        tids, tpix = torch.tensor(ids.astype(np.int64)), torch.tensor(pixels)
-
-        def torch_prefill():
-            with torch.no_grad():
-                h = hf.model(input_ids=tids, pixel_values=tpix).last_hidden_state[:, -1]
-                return hf.lm_head(h)
-        fns["torch_none"] = torch_prefill
-    times = time_round_robin(fns, repeats=args.repeats)
-    t_full = times["none"]
-    results = {"none": {"seconds": t_full, "gflops": base_flops / 1e9}}
-    rows = [["none (JAX)", 576, f"{t_full*1e3:.1f}", "1.00", "1.00", "-"]]
-    if "torch_none" in times:
-        t_torch = times["torch_none"]
-        results["torch_none"] = {"seconds": t_torch, "jax_speedup_over_torch": t_torch / t_full}
-        rows.append(["none (HF PyTorch sdpa)", 576, f"{t_torch*1e3:.1f}",
-                     f"{t_full / t_torch:.2f}", "-", "-"])
-    from duet_jax.reduction import average_visual_tokens
-    for name in args.presets:
-        red = get_preset(name)
-        t = times[name]
+    results, rows = {"gflops_unreduced": base_flops / 1e9}, []
+    for name, red in settings.items():
         bound = base_flops / prefill_flops(cfg, args.text_tokens, red)["total"]
-        speedup = t_full / t
-        avg = average_visual_tokens(red, cfg.vision.num_patches, cfg.text.num_hidden_layers)
-        results[name] = {"seconds": t, "speedup": speedup, "flop_bound": bound,
-                         "fraction_of_bound": speedup / bound, "avg_tokens": avg}
-        rows.append([name, f"{avg:.2f}", f"{t*1e3:.1f}", f"{speedup:.2f}", f"{bound:.2f}",
-                     f"{speedup / bound:.2f}"])
+        avg = (cfg.image_seq_length if red is None else
+               average_visual_tokens(red, cfg.vision.num_patches, cfg.text.num_hidden_layers))
+        entry = {"avg_tokens": avg, "flop_bound": bound}
+        row = [name, f"{avg:.2f}", f"{bound:.2f}"]
+        for impl in ("jax", "torch"):
+            if (impl, name) not in times:
+                continue
+            t, t_full = times[(impl, name)], times[(impl, "none")]
+            entry[impl] = {"seconds": t, "speedup": t_full / t,
+                           "fraction_of_bound": t_full / t / bound}
+            row += [f"{t*1e3:.0f}", f"{t_full / t / bound:.2f}"]
+        if not args.no_torch:
+            ours = np.asarray(jax_prefill(module, params, *dev, red))[:, 0]
+            ref = reduced_prefill(hf, tids, tpix, red, IMAGE_AT).numpy()
+            entry["max_abs_logit_diff"] = float(np.abs(ours - ref).max())
+            entry["torch_over_jax"] = times[("torch", name)] / times[("jax", name)]
+            row += [f"{entry['torch_over_jax']:.2f}", f"{entry['max_abs_logit_diff']:.1e}"]
+        results[name] = entry
+        rows.append(row)
     print(f"prefill, batch {b}, {args.text_tokens} text tokens, LLaVA-shaped "
           f"(24 CLIP / 32 LLM layers, widths {cfg.vision.hidden_size}/{cfg.text.hidden_size}), "
-          f"{jax.default_backend()}")
-    print_table(["setting", "avg vis tok", "ms", "speedup", "FLOP bound", "of bound"], rows)
+          f"{jax.default_backend()}; 'of bound' = speedup over the same implementation's "
+          "unreduced run / FLOP bound")
+    headers = ["setting", "avg vis tok", "FLOP bound", "JAX ms", "JAX of bound"]
+    if not args.no_torch:
+        headers += ["torch ms", "torch of bound", "torch/JAX", "max |dlogit|"]
+    print_table(headers, rows)
     path = write_json(f"prefill_b{b}.json", {"batch": b, "text_tokens": args.text_tokens,
-                                       "results": results})
+                                             "repeats": args.repeats, "results": results})
     print(f"wrote {path}")
 
 

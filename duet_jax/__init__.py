@@ -8,7 +8,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {"load_llava": ("duet_jax.api", "load_llava"), "Llava": ("duet_jax.api", "Llava"),
-         "presets": ("duet_jax.reduction.presets", None),
+         "presets": ("duet_jax.presets", None),
          "reduction": ("duet_jax.reduction", None)}
 
 

@@ -100,9 +100,10 @@ class LlavaModel:
         merged = vision_merge(out.probe.cls_attn, out.hidden, out.probe.metric,
                               dominant=stage1.dominant, contextual=stage1.contextual,
                               width=stage1.width, mode=stage1.mode, **kwargs)
-        # Stage 1 runs on the frozen tower without gradients (ALGORITHM.md §7).
-        tokens = jax.lax.stop_gradient(merged.tokens)
-        return ImageFeatures(self.project(params, tokens), merged.positions, merged)
+        # No stop_gradient here: selection (top_k, argmax) carries none anyway, and a
+        # frozen tower is never differentiated (training splits off the trained groups),
+        # while an unfrozen one must get gradients through the kept rows (ALGORITHM.md §7).
+        return ImageFeatures(self.project(params, merged.tokens), merged.positions, merged)
 
     def splice(self, params: dict, input_ids: jax.Array, feats: jax.Array,
                attention_mask: Optional[jax.Array], labels: Optional[jax.Array],

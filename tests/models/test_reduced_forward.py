@@ -1,5 +1,7 @@
-"""Reduced LLaVA forward == a slow per-sample reference that runs the unreduced
-layers on explicitly gathered token subsets, ranking with HF PyTorch eager attention."""
+"""Reduced LLaVA forward == a slow per-sample reference: image features from HF
+CLIP's eager attention through the NumPy Stage-1 oracle and the HF projector, then
+the unreduced layers on explicitly gathered token subsets, ranking with HF PyTorch
+eager attention."""
 import functools
 
 import numpy as np
@@ -12,6 +14,7 @@ from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
 from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
 from tests.helpers.tiny_hf import jax_params, tiny_llava, llava_batch
+from tests.reduction import oracle
 
 REDUCTIONS = {
     "duet": ReductionConfig("t-duet", Stage1Config(6, 3, 2), Stage2Config((1, 3), (0.5, 0.0))),
@@ -48,12 +51,34 @@ def _run_layers(text, params, x, positions, lo, hi):
                            lo, hi)[0][0]
 
 
+def _hf_image_features(hf, pixels, stage1):
+    """HF CLIP (eager attention) -> NumPy-oracle Stage 1 -> HF projector: [K, Dt]."""
+    tower = hf.model.vision_tower
+    with torch.no_grad():
+        out = tower(torch.tensor(pixels), output_attentions=True, output_hidden_states=True)
+        feats = out.hidden_states[hf.config.vision_feature_layer]          # [1, N+1, Dv]
+        if stage1 is None:
+            feats = feats[:, 1:]
+        else:
+            layer_idx = len(out.hidden_states) - 1 + hf.config.vision_feature_layer
+            layer = getattr(tower, "vision_model", tower).encoder.layers[layer_idx]
+            keys = layer.self_attn.k_proj(layer.layer_norm1(out.hidden_states[layer_idx]))
+            heads = layer.self_attn.num_heads
+            metric = keys.view(*keys.shape[:2], heads, -1).mean(2)
+            cls_attn = out.attentions[layer_idx][:, :, 0, 1:]
+            tokens, _, _ = oracle.vision_merge(
+                cls_attn.numpy().astype(np.float64), feats.numpy().astype(np.float64),
+                metric.numpy().astype(np.float64), stage1.dominant, stage1.contextual,
+                stage1.width, stage1.mode)
+            feats = torch.tensor(tokens, dtype=torch.float32)
+        return hf.model.multi_modal_projector(feats)[0].numpy()
+
+
 def _reference(hf, model, params, ids, pixels, length, prompt_len, red, salient):
     """Batch-1, unpadded, explicit gathers; returns logits of the final sequence."""
     cfg = model.config
     ids, pixels = ids[None, :length], pixels[None]
-    feats = np.asarray(jax.jit(model.image_features, static_argnums=2)(
-        params, pixels, red.stage1).tokens[0])
+    feats = _hf_image_features(hf, pixels, red.stage1)
     start = int(np.argmax(ids[0] == cfg.image_token_index))
     emb = np.asarray(model.text.embed(params["text"], ids))[0]
     h = np.concatenate([emb[:start], feats, emb[start + cfg.image_seq_length:]])
@@ -117,3 +142,24 @@ def test_no_reduction_is_the_plain_forward():
     b, _ = LlavaModel(cfg).apply(params, ids, pixels, mask,
                                  reduction=ReductionConfig("none", None, None))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_stage1_gradients_reach_an_unfrozen_tower():
+    """Selection is not differentiable, but gathered and merged rows are: with the tower
+    trainable (recipe `full`) the loss reaches its params (ALGORITHM.md §7)."""
+    hf = tiny_llava()
+    cfg, params = jax_params(hf)
+    ids, mask, pixels = llava_batch(hf.config)
+    model = LlavaModel(cfg)
+    red = REDUCTIONS["duet"]
+
+    def loss(vision):
+        logits, _ = model.apply({**params, "vision": vision}, ids, pixels, mask, reduction=red)
+        return jnp.mean(logits ** 2)
+
+    grads = jax.grad(loss)(params["vision"])
+    norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and sum(norms) > 0
+    # the layer after the feature layer never runs, so it gets exactly zero
+    last = jax.tree.map(lambda g: g[-1], grads["layers"])
+    assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(last))

@@ -157,3 +157,14 @@ def test_config_is_a_static_jit_argument():
     fn(jnp.ones(()), get_preset("llava15-duet-64"))
     fn(jnp.zeros(()), from_dict(get_preset("llava15-duet-64").to_dict()))
     assert traces == ["llava15-duet-64"]
+
+
+def test_public_presets_module_spelling():
+    """API.md §3 names `duet_jax.presets`: importable as a module and as an attribute."""
+    import duet_jax
+    import duet_jax.presets as public
+    from duet_jax.presets import get_preset as public_get
+
+    assert duet_jax.presets is public
+    assert public.PRESETS is PRESETS
+    assert public_get("llava15-duet-64") == get_preset("llava15-duet-64")

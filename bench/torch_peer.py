@@ -1,0 +1,135 @@
+"""The PyTorch way of running a reduced LLaVA prefill: HF modules layer by layer, with
+the Stage-1 merge and the Stage-2 / FastV drops done as torch gathers between layers.
+
+This is the peer the prefill benchmark times beside the JAX model: same weights,
+same presets, the official semantics (ALGORITHM.md §2-3, §5). It serves batches
+whose samples share one image position and length (the benchmark's prompts), which
+is all the official code supports as well (batch 1 at evaluation).
+"""
+from __future__ import annotations
+
+import torch
+
+from duet_jax.reduction.stage1 import _duet_slots, _visionzip_slots
+
+
+def _vision_features(hf, pixels, stage1, feature_layer: int):
+    """CLIP up to the feature layer; with Stage 1, its merge on that layer's output.
+    Returns [B, K, Dv] (patch rows only when there is no Stage 1)."""
+    tower = hf.model.vision_tower
+    vm = getattr(tower, "vision_model", tower)      # transformers 5 flattened CLIPVisionModel
+    h = vm.pre_layrnorm(vm.embeddings(pixels))
+    for layer in vm.encoder.layers[:feature_layer]:
+        h = layer(h, None)
+    if stage1 is None:
+        return vm.encoder.layers[feature_layer](h, None)[:, 1:]
+    layer = vm.encoder.layers[feature_layer]
+    attn = layer.self_attn
+    x = layer.layer_norm1(h)
+    b, t, _ = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    q_cls = attn.q_proj(x[:, :1]).view(b, 1, heads, hd).transpose(1, 2)
+    keys = attn.k_proj(x).view(b, t, heads, hd).transpose(1, 2)            # [B, H, T, hd]
+    cls_attn = torch.softmax((q_cls * attn.scale) @ keys.transpose(-1, -2), -1)[:, :, 0, 1:]
+    metric = keys.mean(1)                                                   # [B, T, hd]
+    out = layer(h, None)
+    return _merge(cls_attn, out, metric, stage1)
+
+
+def _merge(cls_attn, hidden, metric, stage1):
+    """Stage 1 (§2.2-2.4), modes duet / visionzip."""
+    b, _, n = cls_attn.shape
+    d = stage1.dominant - 1
+    m = n - d
+    scores = cls_attn.sum(1)                                                # [B, N]
+    dom = torch.sort(torch.topk(scores, d, dim=-1).indices, -1).values
+    is_dom = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, dom, True)
+    if stage1.mode == "duet":
+        pool_size, anchors, members = _duet_slots(m, stage1.contextual, stage1.width)
+        pool = torch.topk(scores.masked_fill(is_dom, -1.0), pool_size, dim=-1).indices
+    else:
+        anchors, members = _visionzip_slots(m, stage1.contextual)
+        pool = torch.argsort(is_dom.to(torch.int8), dim=-1, stable=True)[:, :m]
+    anchor_pos = pool[:, torch.as_tensor(anchors, dtype=torch.long)] + 1
+    member_pos = pool[:, torch.as_tensor(members, dtype=torch.long)] + 1
+    take = lambda x, idx: torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    unit = metric / metric.norm(dim=-1, keepdim=True)
+    sim = take(unit, member_pos) @ take(unit, anchor_pos).transpose(1, 2)  # [B, members, C]
+    onehot = torch.nn.functional.one_hot(sim.argmax(-1), anchor_pos.shape[1]).to(hidden.dtype)
+    merged = onehot.transpose(1, 2) @ take(hidden, member_pos)
+    merged = merged / onehot.sum(1)[..., None].clamp(min=1.0)
+    dom_pos = torch.cat([torch.zeros(b, 1, dtype=torch.long), dom + 1], 1)
+    return torch.cat([take(hidden, dom_pos), take(hidden, anchor_pos) + merged], 1)
+
+
+def _image_attention(layer, h, rope, image_start: int, n_image: int, query_rows: slice):
+    """Mean over heads and `query_rows` of `layer`'s causal softmax attention (its own
+    q/k on input h, float32) onto the image columns: [B, n_image]."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    attn = layer.self_attn
+    x = layer.input_layernorm(h)
+    b, t, _ = x.shape
+    q = attn.q_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, *rope)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    rows = torch.arange(t)[query_rows]
+    logits = (q[:, :, rows] @ k.transpose(-1, -2)) * attn.scaling
+    causal = torch.arange(t)[None, :] <= rows[:, None]
+    probs = torch.softmax(logits.float().masked_fill(~causal, float("-inf")), -1)
+    return probs[..., image_start:image_start + n_image].mean(dim=(1, 2))
+
+
+def _drop(h, positions, scores, keep: int, image_start: int, n_image: int):
+    """Keeps the top-`keep` image rows (ascending) of every sample."""
+    kept = torch.sort(torch.topk(scores, keep, dim=-1).indices, -1).values + image_start
+    t = h.shape[1]
+    prefix = torch.arange(image_start).expand(h.shape[0], -1)
+    suffix = torch.arange(image_start + n_image, t).expand(h.shape[0], -1)
+    index = torch.cat([prefix, kept, suffix], 1)
+    gathered = torch.gather(h, 1, index[..., None].expand(-1, -1, h.shape[-1]))
+    return gathered, torch.gather(positions, 1, index)
+
+
+@torch.no_grad()
+def reduced_prefill(hf, input_ids, pixel_values, reduction, image_start: int):
+    """Last-token logits [B, V] of the (reduced) LLaVA prefill.
+
+    input_ids [B, L] carry `image_seq_length` image ids at `image_start` in every
+    sample, no padding; `reduction` is a `ReductionConfig` or None.
+    """
+    cfg = hf.config
+    stage1 = reduction.stage1 if reduction is not None else None
+    stage2 = reduction.stage2 if reduction is not None else None
+    feature_layer = cfg.vision_feature_layer % cfg.vision_config.num_hidden_layers
+    feats = hf.model.multi_modal_projector(
+        _vision_features(hf, pixel_values, stage1, feature_layer))
+    lm = hf.model.language_model
+    prefix = lm.embed_tokens(input_ids[:, :image_start])
+    suffix = lm.embed_tokens(input_ids[:, image_start + cfg.image_seq_length:])
+    h = torch.cat([prefix, feats.to(prefix.dtype), suffix], 1)
+    n_image = feats.shape[1]
+    positions = torch.arange(h.shape[1])[None].expand(h.shape[0], -1)
+    layers = lm.layers
+    counts, bounds = [n_image], [0, len(layers)]
+    if stage2 is not None:
+        counts = stage2.image_counts(n_image)
+        bounds = [0, *stage2.layers, len(layers)]
+    for s in range(len(bounds) - 1):
+        rope = lm.rotary_emb(h, positions)
+        fastv = stage2 is not None and stage2.method == "fastv" and s == 0
+        stop = bounds[s + 1] - 1 if fastv else bounds[s + 1]
+        for layer in layers[bounds[s]:stop]:
+            h = layer(h, attention_mask=None, position_embeddings=rope)
+        if s == len(bounds) - 2 or counts[s] == 0:
+            continue
+        rank_layer = layers[stop] if fastv else layers[bounds[s + 1]]
+        queries = (slice(-1, None) if stage2.queries == "last"
+                   else slice(image_start + counts[s], None))
+        scores = _image_attention(rank_layer, h, rope, image_start, counts[s], queries)
+        if fastv:
+            h = rank_layer(h, attention_mask=None, position_embeddings=rope)
+        h, positions = _drop(h, positions, scores, counts[s + 1], image_start, counts[s])
+        if stage2.positions == "renumber":
+            positions = torch.arange(h.shape[1])[None].expand(h.shape[0], -1)
+    return hf.lm_head(lm.norm(h[:, -1]))
