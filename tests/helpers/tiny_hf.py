@@ -14,13 +14,13 @@ IMAGE_TOKEN = 120
 
 def tiny_llava_config(*, image_size=56, patch_size=14, kv_heads=2, select="default",
                       vision_layers=3, text_layers=2, tie=False, rope_scaling=None,
-                      vocab=128) -> HFLlavaConfig:
+                      vocab=128, max_positions=256) -> HFLlavaConfig:
     vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
                           num_attention_heads=4, image_size=image_size, patch_size=patch_size,
                           projection_dim=16)
     tc = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96,
                      num_hidden_layers=text_layers, num_attention_heads=4,
-                     num_key_value_heads=kv_heads, max_position_embeddings=256,
+                     num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
                      tie_word_embeddings=tie, rope_scaling=rope_scaling)
     n = (image_size // patch_size) ** 2 + (select == "full")
     return HFLlavaConfig(vision_config=vc, text_config=tc, image_token_index=IMAGE_TOKEN,

@@ -19,6 +19,9 @@ CASES = {
     "yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                "original_max_position_embeddings": 64}),
     "linear": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    # dynamic NTK rescales only beyond max_position_embeddings (24 < 16 + 24 tokens)
+    "dynamic": dict(max_positions=24, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+    "mha-336-patch14": dict(kv_heads=4, image_size=336),    # LLaVA-1.5's 576 patches
 }
 
 
