@@ -171,3 +171,16 @@ def test_kill_and_resume_reproduces_the_curve(reference, assets_dir, tmp_path, x
     np.testing.assert_array_equal(
         hf.model.multi_modal_projector.linear_1.weight.detach().numpy().T,
         np.asarray(state["params"]["projector"]["linear_1"]["kernel"]))
+
+
+def test_bf16_compute_keeps_fp32_master_params(reference, tmp_path):
+    """model.dtype=bfloat16 computes in bf16 while the params and AdamW stay float32;
+    the curve follows the fp32 one within bf16 rounding."""
+    overrides, (_, losses, _, _) = reference
+    cfg = load_config(TINY_YAML, overrides + ["model.dtype=bfloat16", "model.param_dtype=float32",
+                                              f"output_dir={tmp_path}"])
+    run, bf16, _, _ = _curve(cfg, jax.devices()[:1], steps=3)
+    dtypes = {str(a.dtype) for a in jax.tree.leaves(run.state["params"])}
+    assert dtypes == {"float32"}
+    assert run.model.dtype == jax.numpy.bfloat16
+    np.testing.assert_allclose(bf16, losses[:3], rtol=0.03)
