@@ -26,18 +26,6 @@ def llava_shaped_hf_config(width_v=256, width_t=512, vocab=32064):
                        image_seq_length=576)
 
 
-def time_fn(fn, *, warmup=1, repeats=5):
-    """Median wall seconds of `fn()` (which must block until its result is ready)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def time_round_robin(fns: dict, *, repeats=5) -> dict:
     """Median wall seconds per named thunk, timed in interleaved rounds so that drifting
     machine load hits every setting alike (ratios stay meaningful on a shared CPU)."""

@@ -10,12 +10,15 @@ about 60 with the system text), the image right after the first 35.
     python bench/generation.py [--repeats 2] [--batches 1 8] [--text-tokens 64] \
                                [--width-v 256 --width-t 512]
 
-Each setting is compiled (and run) once before timing; the median of `--repeats`
-timed runs is reported. Prints a table and writes bench/results/generation.json.
+Each setting is compiled (and run) once before timing; then the settings of one
+(batch, answer) group are timed round-robin and the median of `--repeats` rounds
+is reported, so ratios are measured side by side.
+Prints a table and writes bench/results/generation.json.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -26,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import llava_shaped_hf_config, print_table, time_fn, write_json
+from bench.common import llava_shaped_hf_config, print_table, time_round_robin, write_json
 from duet_jax.generation.decode import generate_tokens
 from duet_jax.models.config import LlavaConfig
-from duet_jax.models.llava import LlavaModel
+from duet_jax.models.llava import LlavaModel, unstack_params
 from duet_jax.reduction import average_visual_tokens, get_preset
 
 SETTINGS = ["none", "llava15-duet-192", "llava15-duet-128", "llava15-duet-64"]
@@ -60,7 +63,7 @@ def main():
     hf_cfg = llava_shaped_hf_config(width_v=args.width_v, width_t=args.width_t)
     cfg = LlavaConfig.from_hf(hf_cfg.to_dict())
     module = LlavaModel(cfg)
-    params = module.init(jax.random.key(0))
+    params = unstack_params(module.init(jax.random.key(0)))   # the inference layout (load_llava's)
     patches, layers = cfg.vision.num_patches, cfg.text.num_hidden_layers
 
     results, rows = {}, []
@@ -68,33 +71,32 @@ def main():
     for batch in args.batches:
         ids, pixels, mask = make_batch(cfg, batch, args.text_tokens)
         for answer, new_tokens in ANSWERS.items():
-            base = None
+            runs, first = {}, {}
             for name in args.settings:
                 red = None if name == "none" else get_preset(name)
-
-                def run():
-                    # eos_id=-1: the random model never stops early, so every sample
-                    # decodes exactly `new_tokens` tokens.
-                    out = generate_tokens(module, params, ids, pixels, mask, reduction=red,
-                                          max_new_tokens=new_tokens, eos_id=-1)
-                    out.tokens.block_until_ready()
-
+                # eos_id=-1: the random model never stops early, so every sample decodes
+                # exactly `new_tokens` tokens.
+                runs[name] = functools.partial(
+                    lambda red: generate_tokens(module, params, ids, pixels, mask, reduction=red,
+                                                max_new_tokens=new_tokens,
+                                                eos_id=-1).tokens.block_until_ready(), red)
                 t0 = time.perf_counter()
-                run()                                   # compile + first run
-                first = time.perf_counter() - t0
-                seconds = time_fn(run, warmup=0, repeats=args.repeats)
-                per_sample = seconds / batch
-                base = per_sample if name == "none" else base
-                speedup = base / per_sample if base else None
+                runs[name]()                                # compile + first run
+                first[name] = time.perf_counter() - t0
+            # settings interleaved round by round: drifting load hits all of them alike
+            seconds = time_round_robin(runs, repeats=args.repeats)
+            for name in args.settings:
+                red = None if name == "none" else get_preset(name)
+                per_sample = seconds[name] / batch
+                speedup = seconds.get("none", float("nan")) / seconds[name]
                 avg = average_visual_tokens(red, patches, layers)
                 results[f"b{batch}/{answer}/{name}"] = {
                     "batch": batch, "answer": answer, "new_tokens": new_tokens, "setting": name,
-                    "avg_visual_tokens": avg, "seconds_per_batch": seconds,
+                    "avg_visual_tokens": avg, "seconds_per_batch": seconds[name],
                     "ms_per_sample": 1e3 * per_sample, "speedup_vs_none": speedup,
-                    "first_call_seconds": first}
+                    "first_call_seconds": first[name]}
                 rows.append([batch, f"{answer} ({new_tokens})", name, f"{avg:.1f}",
-                             f"{1e3 * per_sample:.1f}",
-                             "-" if speedup is None else f"{speedup:.2f}", f"{first:.1f}"])
+                             f"{1e3 * per_sample:.1f}", f"{speedup:.2f}", f"{first[name]:.1f}"])
                 print(f"  b{batch} {answer} {name}: {1e3 * per_sample:.1f} ms/sample", flush=True)
     print(f"\ngeneration latency per sample, LLaVA-shaped (24 CLIP / 32 LLM layers, widths "
           f"{cfg.vision.hidden_size}/{cfg.text.hidden_size}, vocab {cfg.text.vocab_size}), "

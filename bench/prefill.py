@@ -32,7 +32,7 @@ from bench.common import llava_shaped_hf_config, print_table, time_round_robin, 
 from bench.flops import prefill_flops
 from bench.torch_peer import reduced_prefill
 from duet_jax.checkpoints.load import load_params
-from duet_jax.models.llava import LlavaModel
+from duet_jax.models.llava import LlavaModel, unstack_params
 from duet_jax.reduction import average_visual_tokens, get_preset
 
 PRESETS = ["llava15-duet-192", "llava15-duet-128", "llava15-duet-64",
@@ -71,6 +71,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         cfg, params = load_params(tmp)
+    params = unstack_params(params)      # the inference layout, as duet_jax.load_llava keeps it
     module = LlavaModel(cfg)
     b, n = args.batch, cfg.image_seq_length
     g = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.models.config import LlavaConfig
-from duet_jax.models.llava import LlavaModel
+from duet_jax.models.llava import LlavaModel, unstack_params
 from duet_jax.reduction import ReductionConfig, resolve_reduction
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -157,7 +157,7 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
         shardings = param_shardings(_param_shapes(path, vision_tower), mesh)
     cfg, params = load_params(path, dtype=pdt, shardings=shardings, vision_tower=vision_tower)
     module = LlavaModel(cfg, dtype=_dtype(compute_dtype) or pdt, param_dtype=pdt, remat=remat)
-    return Llava(cfg, module, params, path)
+    return Llava(cfg, module, unstack_params(params), path)
 
 
 def _param_shapes(path: str, vision_tower: Optional[str]):

@@ -59,6 +59,6 @@ def test_load_onto_mesh_matches_single_device(hf_dir):
     ref = np.asarray(duet_jax.load_llava(d).logits(ids, pixels, mask))
     mesh = make_mesh(1, 2, 4)
     model = duet_jax.load_llava(d, mesh=mesh)
-    leaf = model.params["text"]["layers"]["mlp"]["up_proj"]["kernel"]
+    leaf = model.params["text"]["layers"][0]["mlp"]["up_proj"]["kernel"]
     assert len(leaf.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(model.logits(ids, pixels, mask)), ref, atol=1e-5)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from duet_jax.models.common import ACTIVATIONS, init_stacked, slice_layers
+from duet_jax.models.common import ACTIVATIONS, init_stacked, layer_at, run_stack, slice_layers
 from duet_jax.models.config import VisionConfig
 
 
@@ -159,7 +159,7 @@ class CLIPVisionTower:
             def body(h, p):
                 h, _ = layer.apply({"params": p}, h)
                 return h, (h if output_hidden_states else None)
-            x, hs = jax.lax.scan(body, x, slice_layers(params["layers"], lo, hi))
+            x, hs = run_stack(body, x, slice_layers(params["layers"], lo, hi))
             if output_hidden_states:
                 hidden_states.extend(hs[i] for i in range(hi - lo))
             return x
@@ -169,7 +169,7 @@ class CLIPVisionTower:
             x = run(x, 0, last + 1)
         else:
             x = run(x, 0, probe_layer)
-            p = jax.tree.map(lambda a: a[probe_layer], params["layers"])
+            p = layer_at(params["layers"], probe_layer)
             x, probe = layer.apply({"params": p}, x, probe=True, full_attn=probe_full_attn)
             if output_hidden_states:
                 hidden_states.append(x)

@@ -25,9 +25,52 @@ def init_stacked(layer, rng: jax.Array, num_layers: int, example, param_dtype, *
     return jax.tree.map(lambda a: a.astype(param_dtype), params)
 
 
-def slice_layers(stacked: dict, lo: int, hi: int) -> dict:
-    """Layers `lo..hi-1` of a stacked params pytree (static bounds)."""
-    return jax.tree.map(lambda a: a[lo:hi], stacked)
+# A layer stack's params come in one of two forms:
+# * stacked: one pytree whose leaves carry a leading [num_layers] axis (checkpoints,
+#   training, sharding rules); the stack runs as one `lax.scan`;
+# * unstacked: a tuple of per-layer pytrees (`unstack_layers`, for inference); the
+#   stack runs as straight-line code reading every layer's weights in place. On
+#   XLA:CPU the scan body is markedly slower for mid-size sequences (~150-600 rows,
+#   the reduced segments), so inference containers keep their layers unstacked.
+
+def unstack_layers(stacked: dict) -> tuple:
+    """Stacked layer params -> tuple of per-layer pytrees. Converts one leaf at a time
+    and drops each stacked leaf as soon as it is split, so the peak is one leaf."""
+    flat, treedef = jax.tree.flatten(stacked)
+    num_layers = flat[0].shape[0]
+    per_leaf = []
+    while flat:
+        leaf = flat.pop(0)
+        per_leaf.append([leaf[i] for i in range(num_layers)])
+        del leaf
+    return tuple(jax.tree.unflatten(treedef, [leaves[i] for leaves in per_leaf])
+                 for i in range(num_layers))
+
+
+def slice_layers(layers, lo: int, hi: int):
+    """Layers `lo..hi-1` (static bounds) of stacked or unstacked layer params."""
+    if isinstance(layers, tuple):
+        return layers[lo:hi]
+    return jax.tree.map(lambda a: a[lo:hi], layers)
+
+
+def layer_at(layers, index: int):
+    """One layer's params out of stacked or unstacked layer params."""
+    if isinstance(layers, tuple):
+        return layers[index]
+    return jax.tree.map(lambda a: a[index], layers)
+
+
+def run_stack(body, carry, layers, xs=()):
+    """`lax.scan(body, carry, (layers, *xs))` for stacked layers; for a tuple the same
+    loop unrolled, with each layer's slice of `xs` and the outputs stacked like scan's."""
+    if not isinstance(layers, tuple):
+        return jax.lax.scan(body, carry, (layers, *xs) if xs else layers)
+    outs = []
+    for i, p in enumerate(layers):
+        carry, out = body(carry, (p, *(x[i] for x in xs)) if xs else p)
+        outs.append(out)
+    return carry, jax.tree.map(lambda *o: jnp.stack(o), *outs) if outs else None
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:

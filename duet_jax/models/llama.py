@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from duet_jax.models.common import ACTIVATIONS, init_stacked, rms_norm, slice_layers
+from duet_jax.models.common import ACTIVATIONS, init_stacked, rms_norm, run_stack, slice_layers
 from duet_jax.models.config import TextConfig
 from duet_jax.models.rope import apply_rope, inv_freq_for, rope_cos_sin
 
@@ -156,7 +156,7 @@ class LlamaModel:
 
         if self.remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        h, kv = jax.lax.scan(body, h, slice_layers(params["layers"], lo, hi))
+        h, kv = run_stack(body, h, slice_layers(params["layers"], lo, hi))
         return h, kv
 
     def decode_layers(self, params: dict, h: jax.Array, positions: jax.Array, cache_valid: jax.Array,
@@ -186,7 +186,7 @@ class LlamaModel:
             return x, (k, v)
 
         layers = slice_layers(params["layers"], lo, hi) if layers is None else layers
-        h, (k_all, v_all) = jax.lax.scan(body, h, (layers, *caches))
+        h, (k_all, v_all) = run_stack(body, h, layers, caches)
         return h, (k_all, v_all)
 
     def head(self, params: dict, h: jax.Array) -> jax.Array:

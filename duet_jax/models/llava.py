@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.models.clip import CLIPVisionTower
-from duet_jax.models.common import ACTIVATIONS
+from duet_jax.models.common import ACTIVATIONS, unstack_layers
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llama import LlamaModel
 
@@ -44,6 +44,17 @@ class Forward(NamedTuple):
     segments: tuple           # duet_jax.models.reduced.Segment per layer segment
     kept: tuple               # [B, n_s] kept image indices per Stage-2 boundary
     features: ImageFeatures
+
+
+def unstack_params(params: dict) -> dict:
+    """The inference layout of LLaVA params: CLIP and Llama layers as tuples of
+    per-layer trees (`duet_jax.models.common.unstack_layers`); same math, faster
+    reduced segments on CPU. Training and checkpoints keep the stacked layout."""
+    out = dict(params)
+    for part in ("vision", "text"):
+        if not isinstance(params[part]["layers"], tuple):
+            out[part] = {**params[part], "layers": unstack_layers(params[part]["layers"])}
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional, Sequence as Seq
 import jax
 import jax.numpy as jnp
 
+from duet_jax.models.common import layer_at
 from duet_jax.models.llama import LlamaModel
 from duet_jax.models.rope import inv_freq_for
 from duet_jax import reduction as red
@@ -125,7 +126,7 @@ def run_language_model(text: LlamaModel, params: dict, seq, num_image: int, stag
         else:
             out_len = seq.hidden.shape[1]
         layer_idx = hi - 1 if fastv else hi
-        layer_params = jax.tree.map(lambda a: a[layer_idx], params["layers"])
+        layer_params = layer_at(params["layers"], layer_idx)
         seq, keep = drop_image_tokens(text, layer_params, seq, score_hidden, n_prev=n_prev,
                                       n_new=n_new, stage2=stage2, out_len=out_len, train=train)
         kept.append(keep)
