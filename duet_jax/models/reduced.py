@@ -65,7 +65,9 @@ def drop_image_tokens(text: LlamaModel, layer_params: dict, seq, score_hidden, *
         seq.positions, seq.valid, qmask, image_start, num_image=n_prev,
         num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
         rms_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, rope_inv_freq=inv_freq,
-        rope_attention_scaling=scaling)
+        rope_attention_scaling=scaling,
+        # every query set starts at the last image row: score only that window
+        query_rows=seq.valid.shape[1] - n_prev + 1)
     keep = red.keep_top_image_tokens(scores, n_new)
     # A sample with no query row (training without an answer span) passes through.
     passthrough = ~jnp.any(qmask, axis=-1)

@@ -54,7 +54,8 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, attention_scaling: 
 def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask, query_mask,
                       image_start, *, num_image: int, num_heads: int, num_kv_heads: int,
                       rms_eps: float, rope_theta: float, rope_inv_freq=None,
-                      rope_attention_scaling: float = 1.0, query_block: int = 128):
+                      rope_attention_scaling: float = 1.0, query_block: int = 128,
+                      query_rows: Optional[int] = None):
     """Mean attention of the query rows onto the image columns (§3.2).
 
     Args:
@@ -72,6 +73,11 @@ def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask, que
         multiplies cos/sin as HF does.
       query_block: static number of query rows scored at once; memory is
         O(B * H * query_block * L) instead of O(B * H * L^2).
+      query_rows: optional static window: only rows ``image_start + num_image
+        - 1 + [0, query_rows)`` are scored (every query set of §3.3 lies there:
+        the last image row onwards), so the cost is O(query_rows * L) instead of
+        O(L^2). ``L - num_image + 1`` covers every row to the end. Query-mask
+        rows outside the window are ignored.
 
     Returns:
       [B, num_image] float32: mean over heads and query rows of the causal +
@@ -94,34 +100,46 @@ def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask, que
     inv_freq = (default_rope_inv_freq(head_dim, rope_theta) if rope_inv_freq is None
                 else rope_inv_freq)
 
+    if query_rows is None:
+        rows = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
+        row_ok = jnp.ones((batch, seq_len), bool)
+    else:
+        first = image_start.astype(jnp.int32)[:, None] + (num_image - 1)
+        rows = first + jnp.arange(query_rows, dtype=jnp.int32)
+        row_ok = (rows >= 0) & (rows < seq_len)
+        rows = jnp.clip(rows, 0, seq_len - 1)
+    num_rows = rows.shape[1]
+
     x = rms_norm(jax.lax.stop_gradient(hidden), norm_scale, rms_eps)
-    q = (x @ wq).reshape(batch, seq_len, num_kv_heads, groups, head_dim)
+    x_rows = jnp.take_along_axis(x, rows[..., None], axis=1)
+    q = (x_rows @ wq).reshape(batch, num_rows, num_kv_heads, groups, head_dim)
     k = (x @ wk).reshape(batch, seq_len, num_kv_heads, head_dim)
-    q = apply_rope(q, positions, inv_freq, rope_attention_scaling).astype(jnp.float32)
+    q = apply_rope(q, jnp.take_along_axis(positions, rows, axis=1), inv_freq,
+                   rope_attention_scaling).astype(jnp.float32)
     k = apply_rope(k, positions, inv_freq, rope_attention_scaling).astype(jnp.float32)
     q = q * (1.0 / math.sqrt(head_dim))
+    query_mask = jnp.take_along_axis(query_mask.astype(bool), rows, axis=1) & row_ok
 
     key_valid = attention_mask.astype(bool)                          # [B, L]
     image_cols = image_start.astype(jnp.int32)[:, None] + jnp.arange(num_image, dtype=jnp.int32)
     cols_in_range = (image_start[:, None] >= 0) & (image_cols >= 0) & (image_cols < seq_len)
     image_cols = jnp.clip(image_cols, 0, seq_len - 1)
 
-    block = max(1, min(query_block, seq_len))
-    num_blocks = -(-seq_len // block)
-    pad = num_blocks * block - seq_len
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
-    qmask = jnp.pad(query_mask.astype(bool), ((0, 0), (0, pad)))
-    q_blocks = jnp.moveaxis(q.reshape((batch, num_blocks, block) + q.shape[2:]), 1, 0)
-    qmask_blocks = jnp.moveaxis(qmask.reshape(batch, num_blocks, block), 1, 0)
-    row_blocks = jnp.arange(num_blocks * block, dtype=jnp.int32).reshape(num_blocks, block)
+    block = max(1, min(query_block, num_rows))
+    num_blocks = -(-num_rows // block)
+    pad = num_blocks * block - num_rows
+    blocks = lambda a: jnp.moveaxis(
+        jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2)).reshape(
+            (batch, num_blocks, block) + a.shape[2:]), 1, 0)
+    q_blocks, qmask_blocks, row_blocks = blocks(q), blocks(query_mask), blocks(rows)
     key_index = jnp.arange(seq_len, dtype=jnp.int32)
     gather_cols = jnp.broadcast_to(image_cols[:, None, None, None, :],
                                    (batch, num_kv_heads, groups, block, num_image))
 
     def score_block(total, inputs):
-        q_blk, qmask_blk, rows = inputs
+        q_blk, qmask_blk, rows = inputs                              # rows [B, bq]
         logits = jnp.einsum("bqkgd,blkd->bkgql", q_blk, k)          # [B, KV, G, bq, L]
-        allowed = (key_index[None, :] <= rows[:, None])[None] & key_valid[:, None, :]
+        allowed = (key_index[None, None, :] <= rows[:, :, None]) & key_valid[:, None, :]
         logits = jnp.where(allowed[:, None, None], logits, -jnp.inf)
         row_max = jnp.max(logits, axis=-1, keepdims=True)
         row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)

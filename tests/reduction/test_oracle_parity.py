@@ -253,10 +253,10 @@ def _draw_stage2(seed, lengths, seq, heads, kv_heads, hd=4, dim=16, gappy=False)
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_scores(num_image, heads, kv_heads):
+def _jitted_scores(num_image, heads, kv_heads, query_rows=None):
     return jax.jit(functools.partial(
         text_image_scores, num_image=num_image, num_heads=heads, num_kv_heads=kv_heads,
-        rms_eps=RMS_EPS, rope_theta=ROPE_THETA))
+        rms_eps=RMS_EPS, rope_theta=ROPE_THETA, query_rows=query_rows))
 
 
 def _oracle_scores(arrays, query_mask, starts, num_image, heads, kv_heads):
@@ -265,8 +265,8 @@ def _oracle_scores(arrays, query_mask, starts, num_image, heads, kv_heads):
                                  rms_eps=RMS_EPS, rope_theta=ROPE_THETA)
 
 
-def _jax_scores(arrays, query_mask, starts, num_image, heads, kv_heads):
-    fn = _jitted_scores(num_image, heads, kv_heads)
+def _jax_scores(arrays, query_mask, starts, num_image, heads, kv_heads, query_rows=None):
+    fn = _jitted_scores(num_image, heads, kv_heads, query_rows)
     return np.asarray(fn(*(jnp.asarray(a) for a in arrays), jnp.asarray(query_mask),
                          jnp.asarray(np.array(starts, np.int32))))
 
@@ -307,6 +307,9 @@ def test_text_image_scores_and_keep(lengths, seq, heads, kv, starts, n_img, quer
     got = _jax_scores(arrays, query, starts, n_img, heads, kv)
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL)
+    # scoring only the window from the last image row on (what the model does)
+    windowed = _jax_scores(arrays, query, starts, n_img, heads, kv, query_rows=seq - n_img + 1)
+    np.testing.assert_allclose(windowed, want, atol=ATOL, rtol=ATOL)
     for k in (1, n_img // 2, n_img):
         np.testing.assert_array_equal(np.asarray(keep_top_image_tokens(jnp.asarray(got), k)),
                                       ref.keep_top_image_tokens(want, k))
