@@ -33,7 +33,9 @@ def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None) -> dict:
         lm += (bounds[s + 1] - bounds[s]) * _layer(length, t.hidden_size, hq, hq + 2 * hkv,
                                                    t.intermediate_size, 3)
         if s < len(bounds) - 2:
-            scoring += 2 * length * t.hidden_size * (hq + hkv) + 2 * length * length * hq
+            # q for the query window (last image row onwards), k for every row
+            rows = length - counts[s] + 1
+            scoring += 2 * t.hidden_size * (rows * hq + length * hkv) + 2 * rows * length * hq
     head = 2 * t.hidden_size * t.vocab_size
     total = clip + proj + lm + scoring + head
     return {"clip": clip, "projector": proj, "lm": lm, "scoring": scoring, "head": head,
