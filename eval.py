@@ -142,16 +142,8 @@ def _score(args) -> int:
 
 
 def _load_runner():
-    from duet_jax.evaluation.scoring import ScoreError
-
-    try:
-        runner = importlib.import_module("duet_jax.evaluation.runner")
-    except ModuleNotFoundError as e:
-        if e.name == "duet_jax.evaluation.runner":
-            raise ScoreError("eval.py run/sweep need duet_jax/evaluation/runner.py, which is not "
-                             "in this checkout yet") from None
-        raise
-    return runner
+    # imported on use: `score` must not pay for (or need) JAX
+    return importlib.import_module("duet_jax.evaluation.runner")
 
 
 def _run(args) -> int:

@@ -131,15 +131,6 @@ def test_missing_annotations_file(files, llava_answer, run_eval):
     assert "nope.json: file not found" in line
 
 
-@pytest.mark.skipif(os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "duet_jax",
-                                                "evaluation", "runner.py")),
-                    reason="runner.py exists; run is tested with it")
-def test_run_without_runner_is_a_clear_error(run_eval, files):
-    line = _error_line(run_eval("run", "--model", "m", "--benchmark", "pope", "--questions", "q",
-                                "--images", "i", "--answers", f"{files.root}/a.jsonl"))
-    assert "runner.py" in line
-
-
 def test_video_with_judge_and_gqa_with_baseline(files, llava_answer, run_eval):
     folder = f"{files.root}/TGIF_Zero_Shot_QA"
     files.json("TGIF_Zero_Shot_QA/test_q.json", [{"video_name": "g1", "question": "what?", "question_id": 7}])
