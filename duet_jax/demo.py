@@ -45,6 +45,16 @@ def build_hf_checkpoint(out_dir: str, seed: int = 0) -> None:
                           crop_size={"height": 336, "width": 336}).save_pretrained(out_dir)
 
 
+def steady_seconds(fn, runs: int = 5) -> float:
+    """Median wall time of `fn()` over `runs` calls (after the caller's compile call)."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[runs // 2]
+
+
 def agreement_and_presets(workdir: str, presets) -> None:
     """Random HF LLaVA -> `python -m convert` -> Flax: |logit difference| vs PyTorch,
     timings, and every preset's token counts and jitted time."""
@@ -76,18 +86,14 @@ def agreement_and_presets(workdir: str, presets) -> None:
     t0 = time.perf_counter()
     ours = np.asarray(model.logits(ids, pixels))
     t_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    np.asarray(model.logits(ids, pixels))
-    t_jax = time.perf_counter() - t0
+    t_jax = steady_seconds(lambda: np.asarray(model.logits(ids, pixels)))
     print(f"unreduced logits {list(ref.shape)}: max |JAX - PyTorch| = {np.abs(ours - ref).max():.2e}")
     print(f"forward: PyTorch eager {t_torch * 1e3:.0f} ms; JAX first call (compile) "
-          f"{t_first * 1e3:.0f} ms, jitted {t_jax * 1e3:.0f} ms")
+          f"{t_first * 1e3:.0f} ms, jitted {t_jax * 1e3:.0f} ms (median of 5)")
     for name in presets:
         red = get_preset(name)
-        model.logits(ids, pixels, reduction=red)
-        t0 = time.perf_counter()
-        out = np.asarray(model.logits(ids, pixels, reduction=red))
-        dt = time.perf_counter() - t0
+        out = np.asarray(model.logits(ids, pixels, reduction=red))      # compiles
+        dt = steady_seconds(lambda: np.asarray(model.logits(ids, pixels, reduction=red)))
         avg = average_visual_tokens(red, cfg.vision.num_patches, cfg.text.num_hidden_layers)
         n0 = red.image_tokens(cfg.vision.num_patches)
         print(f"{name}: {n0} image tokens after stage 1, logits {list(out.shape)}, "
