@@ -66,14 +66,14 @@ def main():
     params = unstack_params(module.init(jax.random.key(0)))   # the inference layout (load_llava's)
     patches, layers = cfg.vision.num_patches, cfg.text.num_hidden_layers
 
+    settings = {name: None if name == "none" else get_preset(name) for name in args.settings}
     results, rows = {}, []
     started = time.perf_counter()
     for batch in args.batches:
         ids, pixels, mask = make_batch(cfg, batch, args.text_tokens)
         for answer, new_tokens in ANSWERS.items():
             runs, first = {}, {}
-            for name in args.settings:
-                red = None if name == "none" else get_preset(name)
+            for name, red in settings.items():
                 # eos_id=-1: the random model never stops early, so every sample decodes
                 # exactly `new_tokens` tokens.
                 runs[name] = functools.partial(
@@ -85,8 +85,7 @@ def main():
                 first[name] = time.perf_counter() - t0
             # settings interleaved round by round: drifting load hits all of them alike
             seconds = time_round_robin(runs, repeats=args.repeats)
-            for name in args.settings:
-                red = None if name == "none" else get_preset(name)
+            for name, red in settings.items():
                 per_sample = seconds[name] / batch
                 speedup = seconds.get("none", float("nan")) / seconds[name]
                 avg = average_visual_tokens(red, patches, layers)

@@ -33,20 +33,6 @@ def init_stacked(layer, rng: jax.Array, num_layers: int, example, param_dtype, *
 #   XLA:CPU the scan body is markedly slower for mid-size sequences (~150-600 rows,
 #   the reduced segments), so inference containers keep their layers unstacked.
 
-def unstack_layers(stacked: dict) -> tuple:
-    """Stacked layer params -> tuple of per-layer pytrees. Converts one leaf at a time
-    and drops each stacked leaf as soon as it is split, so the peak is one leaf."""
-    flat, treedef = jax.tree.flatten(stacked)
-    num_layers = flat[0].shape[0]
-    per_leaf = []
-    while flat:
-        leaf = flat.pop(0)
-        per_leaf.append([leaf[i] for i in range(num_layers)])
-        del leaf
-    return tuple(jax.tree.unflatten(treedef, [leaves[i] for leaves in per_leaf])
-                 for i in range(num_layers))
-
-
 def slice_layers(layers, lo: int, hi: int):
     """Layers `lo..hi-1` (static bounds) of stacked or unstacked layer params."""
     if isinstance(layers, tuple):
@@ -59,6 +45,13 @@ def layer_at(layers, index: int):
     if isinstance(layers, tuple):
         return layers[index]
     return jax.tree.map(lambda a: a[index], layers)
+
+
+def unstack_layers(stacked: dict) -> tuple:
+    """Stacked layer params -> tuple of per-layer pytrees (copies: until the caller
+    drops the stacked tree, both are held)."""
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    return tuple(layer_at(stacked, i) for i in range(num_layers))
 
 
 def run_stack(body, carry, layers, xs=()):
