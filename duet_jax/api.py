@@ -157,7 +157,9 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
         shardings = param_shardings(_param_shapes(path, vision_tower), mesh)
     cfg, params = load_params(path, dtype=pdt, shardings=shardings, vision_tower=vision_tower)
     module = LlavaModel(cfg, dtype=_dtype(compute_dtype) or pdt, param_dtype=pdt, remat=remat)
-    return Llava(cfg, module, unstack_params(params), path)
+    # donate: the stacked copy is freed leaf by leaf, so loading peaks at one
+    # leaf above the model size, not at twice the layer weights
+    return Llava(cfg, module, unstack_params(params, donate=True), path)
 
 
 def _param_shapes(path: str, vision_tower: Optional[str]):

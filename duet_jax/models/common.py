@@ -47,11 +47,25 @@ def layer_at(layers, index: int):
     return jax.tree.map(lambda a: a[index], layers)
 
 
-def unstack_layers(stacked: dict) -> tuple:
-    """Stacked layer params -> tuple of per-layer pytrees (copies: until the caller
-    drops the stacked tree, both are held)."""
-    num_layers = jax.tree.leaves(stacked)[0].shape[0]
-    return tuple(layer_at(stacked, i) for i in range(num_layers))
+def unstack_layers(stacked: dict, *, donate: bool = False) -> tuple:
+    """Stacked layer params -> tuple of per-layer pytrees.
+
+    The per-layer leaves are copies. With `donate=True` each stacked device array
+    is deleted as soon as it has been split, so the peak is the stack plus one
+    leaf instead of two stacks; the caller must not touch `stacked` afterwards.
+    """
+    leaves, treedef = jax.tree.flatten(stacked)
+    num_layers = leaves[0].shape[0]
+    split = []
+    for leaf in leaves:
+        parts = [leaf[i] for i in range(num_layers)]
+        if donate and isinstance(leaf, jax.Array):
+            jax.block_until_ready(parts)
+            leaf.delete()
+        split.append(parts)
+    del leaves
+    return tuple(jax.tree.unflatten(treedef, [parts[i] for parts in split])
+                 for i in range(num_layers))
 
 
 def run_stack(body, carry, layers, xs=()):

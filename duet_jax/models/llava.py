@@ -46,14 +46,16 @@ class Forward(NamedTuple):
     features: ImageFeatures
 
 
-def unstack_params(params: dict) -> dict:
+def unstack_params(params: dict, *, donate: bool = False) -> dict:
     """The inference layout of LLaVA params: CLIP and Llama layers as tuples of
     per-layer trees (`duet_jax.models.common.unstack_layers`); same math, faster
-    reduced segments on CPU. Training and checkpoints keep the stacked layout."""
+    reduced segments on CPU. Training and checkpoints keep the stacked layout.
+    `donate=True` frees each stacked leaf once split (`params` is unusable after)."""
     out = dict(params)
     for part in ("vision", "text"):
         if not isinstance(params[part]["layers"], tuple):
-            out[part] = {**params[part], "layers": unstack_layers(params[part]["layers"])}
+            out[part] = {**params[part],
+                         "layers": unstack_layers(params[part]["layers"], donate=donate)}
     return out
 
 
