@@ -10,17 +10,21 @@ def _layer(t: int, d: int, attn_out: int, qkv_out: int, mlp: int, n_mlp_mats: in
     return linear + attention
 
 
-def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None) -> dict:
+def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None, crops: int = 1) -> dict:
     """FLOPs of CLIP (to the feature layer), projector, LM layers, Stage-2 scoring and
-    the last-token head, for one sample with `text_tokens` text tokens."""
+    the last-token head, for one sample with `text_tokens` text tokens. `crops`: CLIP
+    runs (and Stage 1 applies) per crop/frame, their tokens form one image block
+    (Video-LLaVA: `cfg.media("video")`, crops = frames)."""
     v, t = cfg.vision, cfg.text
     n_vis = v.num_patches + 1
     clip = 2 * v.num_patches * v.patch_size ** 2 * v.num_channels * v.hidden_size
     clip += (cfg.feature_layer_index + 1) * _layer(n_vis, v.hidden_size, v.hidden_size,
                                                    3 * v.hidden_size, v.intermediate_size, 2)
+    clip *= crops
     n0 = cfg.num_image_tokens
     if reduction is not None and reduction.stage1 is not None:
         n0 = reduction.stage1.output_size(v.num_patches)
+    n0 *= crops
     proj = 2 * n0 * (v.hidden_size + t.hidden_size) * t.hidden_size
     hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
     counts, bounds = [n0], [0, t.num_hidden_layers]

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from duet_jax.checkpoints import layouts
+from duet_jax.checkpoints import layouts, video
 from duet_jax.checkpoints.load import (FORMAT, MARKER, PARAMS_SUBDIR, checkpoint_kind,
                                        plan_conversion, read_json, read_params)
 from duet_jax.checkpoints.orbax_io import (cast_dtype, flatten_tree, leaf_nbytes,
@@ -123,7 +123,8 @@ def convert_to_orbax(src: str, dst: str, dtype=None, vision_tower: Optional[str]
             hf_config = dict(hf_config, dtype=dtype_name)
         save_params(os.path.join(tmp, PARAMS_SUBDIR), params)
         _write_json(os.path.join(tmp, "config.json"), hf_config)
-        _write_json(os.path.join(tmp, MARKER), {"format": FORMAT, "version": 1,
+        fmt = video.FORMAT if video.is_video_config(hf_config) else FORMAT
+        _write_json(os.path.join(tmp, MARKER), {"format": fmt, "version": 1,
                                                 "params": PARAMS_SUBDIR, "source": description,
                                                 "dtype": dtype_name})
         assets = copy_assets(asset_dirs, tmp)
@@ -133,7 +134,8 @@ def convert_to_orbax(src: str, dst: str, dtype=None, vision_tower: Optional[str]
 
 def export_hf(src: str, dst: str, dtype=None, vision_tower: Optional[str] = None,
               max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress=None) -> dict:
-    """Write an HF llava-hf directory (`LlavaForConditionalGeneration.from_pretrained` loads it).
+    """Write an HF llava-hf directory (`LlavaForConditionalGeneration.from_pretrained` loads it;
+    a Video-LLaVA source gives a `VideoLlavaForConditionalGeneration` one).
 
     Names are the hub llava-hf ones (see `layouts`); tensors are the stored
     values transposed back, so fp32 and bf16 round trips are bit-exact.
@@ -145,18 +147,20 @@ def export_hf(src: str, dst: str, dtype=None, vision_tower: Optional[str] = None
         hf_config, description, params, asset_dirs = _read_source(src, dtype, vision_tower, progress,
                                                                    as_jax=False)
         flat = {p: np.asarray(v) for p, v in flatten_tree(params).items()}   # host copy, once
-        extra = set(flat) - {e.path for e in layouts.TABLE}
+        is_video = video.is_video_config(hf_config)
+        table, layout = (video.VIDEO_TABLE, video.VIDEO_HF) if is_video else (layouts.TABLE, layouts.HF)
+        extra = set(flat) - {e.path for e in table}
         if extra:
             raise CheckpointError(f"{src}: params hold leaves outside the LLaVA layout: "
                                   f"{', '.join('/'.join(p) for p in sorted(extra)[:3])}")
         entries = []    # (torch key, shape, dtype, produce)
-        for entry in layouts.TABLE:
+        for entry in table:
             if entry.path not in flat:
                 continue
             leaf = flat[entry.path]
             for layer in (range(leaf.shape[0]) if entry.stacked else [None]):
                 part_shape = leaf.shape[1:] if entry.stacked else leaf.shape
-                entries.append((layouts.torch_name(entry, layer),
+                entries.append((layouts.torch_name(entry, layer, layout),
                                 layouts.torch_shape(part_shape, entry.kind), np.dtype(leaf.dtype),
                                 _producer(leaf, layer, entry.kind)))
         shards = _split_shards(entries, max_shard_bytes)

@@ -23,6 +23,7 @@ Export writes the hub llava-hf names (`language_model.model.*`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Optional
 
@@ -108,6 +109,17 @@ class Rule:
 class Layout:
     name: str
     rules: tuple
+    table: Optional[tuple] = None     # Entry rows of this layout's model (None: LLaVA's TABLE)
+    ignored: Optional[tuple] = None   # (component, regex) of buffers to skip (None: _IGNORED)
+
+    @property
+    def by_name(self) -> dict:
+        return _BY_NAME if self.table is None else _by_name(self.table)
+
+
+@functools.lru_cache(maxsize=None)
+def _by_name(table: tuple) -> dict:
+    return {(e.component, e.name): e for e in table}
 
 
 HF = Layout("hf", (
@@ -143,10 +155,11 @@ def parse_key(key: str, layout: Layout):
                 break
         layer = _LAYER.match(rest)
         name = _LAYER.sub(r"\1{i}.", rest, count=1) if layer else rest
-        entry = _BY_NAME.get((rule.component, name))
+        entry = layout.by_name.get((rule.component, name))
         if entry is not None:
             return entry, (int(layer.group(2)) if layer else None)
-        pattern = _IGNORED.get(rule.component)
+        ignored = _IGNORED if layout.ignored is None else dict(layout.ignored)
+        pattern = ignored.get(rule.component)
         ignorable = ignorable or bool(pattern and pattern.fullmatch(rest))
     return IGNORED if ignorable else None
 

@@ -125,6 +125,9 @@ def plan_conversion(path: str, vision_tower: Optional[str] = None) -> Plan:
         raise CheckpointError(f"{path} is already a converted duet_jax checkpoint")
     weights = find_weight_files(path)
     raw = read_json(os.path.join(path, "config.json"))
+    from duet_jax.checkpoints import video
+    if video.is_video_config(raw):   # Video-LLaVA: its own table (two CLIP towers)
+        return video.plan_video_conversion(path, weights, raw)
     layout = layouts.detect_layout(weights.tensors, raw)
     if layout is HF:
         hf_config = resolve_hf_config(raw)
@@ -291,7 +294,8 @@ def _planned_dtypes(plan: Plan, out_dtype) -> dict:
 
 
 def load_params(path: str, dtype=None, shardings=None, vision_tower: Optional[str] = None):
-    """-> (LlavaConfig, params) from an HF LLaVA dir, an original LLaVA dir or a converted dir.
+    """-> (LlavaConfig, params) from an HF LLaVA dir, an original LLaVA dir or a converted dir
+    ((VideoLlavaConfig, params) for a Video-LLaVA one, see `duet_jax.checkpoints.video`).
 
     dtype: cast the float params (None keeps the stored dtype).
     shardings: pytree of `jax.sharding.Sharding` matching the params; every leaf
@@ -302,11 +306,13 @@ def load_params(path: str, dtype=None, shardings=None, vision_tower: Optional[st
 
     path = os.fspath(path)
     if checkpoint_kind(path) == "converted":
+        from duet_jax.checkpoints import video
         marker = read_json(os.path.join(path, MARKER))
-        if marker.get("format") != FORMAT:
+        if marker.get("format") not in (FORMAT, video.FORMAT):
             raise CheckpointError(f"{path}/{MARKER} has format {marker.get('format')!r}, "
-                                  f"expected {FORMAT!r}")
-        cfg = llava_config(read_json(os.path.join(path, "config.json")))
+                                  f"expected {FORMAT!r} or {video.FORMAT!r}")
+        config = read_json(os.path.join(path, "config.json"))
+        cfg = video.video_config(config) if marker["format"] == video.FORMAT else llava_config(config)
         params_dir = os.path.join(path, marker.get("params", PARAMS_SUBDIR))
         return cfg, restore_params(params_dir, dtype=dtype, shardings=shardings)
     plan = plan_conversion(path, vision_tower)

@@ -143,10 +143,17 @@ def model_prompt(question: Question) -> str:
 def encode_batch(model, questions: list[Question], idxs: list[int], images_dir: str,
                  batch_size: int, bucket: int) -> dict:
     """Right-padded batch of exactly `batch_size` rows and a bucketed length."""
-    prompts = [model_prompt(questions[i]) for i in idxs]
-    images = [media.load_question_image(images_dir, questions[i]) for i in idxs]
     fill = batch_size - len(idxs)
-    batch = model.encode(prompts + [prompts[-1]] * fill, images + [images[-1]] * fill)
+    if questions[idxs[0]].benchmark == "video":    # a Video-LLaVA model (checked in run)
+        from duet_jax.video_api import build_video_prompt
+        prompts = [build_video_prompt(questions[i].text, "video") for i in idxs]
+        videos = [media.load_video_frames(images_dir, questions[i], model.config.num_frames)
+                  for i in idxs]
+        batch = model.encode(prompts + [prompts[-1]] * fill, videos=videos + [videos[-1]] * fill)
+    else:
+        prompts = [model_prompt(questions[i]) for i in idxs]
+        images = [media.load_question_image(images_dir, questions[i]) for i in idxs]
+        batch = model.encode(prompts + [prompts[-1]] * fill, images + [images[-1]] * fill)
     length = batch["input_ids"].shape[1]
     extra = -length % bucket
     if extra:
@@ -232,7 +239,7 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
                                               skip_special_tokens=True)
                 writer.write(answer_record(questions[i], clean_output(text, spec.benchmark),
                                            model_id=spec.model_id, answer_id=answer_id(spec, i)))
-                if has_image and i < spec.save_kept:
+                if has_image and i < spec.save_kept and spec.benchmark != "video":
                     _save_kept(model, spec, questions[i], i, batch, row, out.forward)
             tokens += int(lengths[:len(idxs)].sum())
             bar.update(len(idxs))
@@ -266,13 +273,13 @@ def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
     if len(runnable) < len(pending):      # video questions whose video is missing
         keep = {id(q) for q in runnable}
         pending = [i for i in pending if id(questions[i]) in keep]
-    if spec.benchmark == "video" and pending:
-        raise ScoreError("--benchmark video needs a Video-LLaVA model that takes 8 frames per "
-                         "prompt; duet_jax's LlavaModel takes one image per prompt, so video QA "
-                         "cannot be generated yet (the frames load: duet_jax.evaluation.media)")
     stats = {"answered": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
     if pending:
         model = load_model(spec.model_path, spec.dtype) if model is None else model
+        if spec.benchmark == "video" and not hasattr(model.config, "num_frames"):
+            raise ScoreError(f"--benchmark video needs a Video-LLaVA checkpoint (config.json "
+                             f"model_type 'video_llava'); {spec.model_path} is an image-only "
+                             "LLaVA model")
         answer_file.write_run_settings(meta, settings)
         stats = generate_answers(model, spec, questions, pending, max_new_tokens)
     total = answer_file.finalize(spec.answers, questions) if os.path.exists(spec.answers) else 0

@@ -74,11 +74,15 @@ def _hf_image_features(hf, pixels, stage1):
         return hf.model.multi_modal_projector(feats)[0].numpy()
 
 
-def _reference(hf, model, params, ids, pixels, length, prompt_len, red, salient):
-    """Batch-1, unpadded, explicit gathers; returns logits of the final sequence."""
+def _reference(hf, model, params, ids, pixels, length, prompt_len, red, salient, feats=None):
+    """Batch-1, unpadded, explicit gathers; returns logits of the final sequence.
+
+    feats: the image block's features [K, Dt] (default: HF CLIP + oracle Stage 1 on
+    `pixels`); other families (Video-LLaVA) pass their own HF-built block."""
     cfg = model.config
-    ids, pixels = ids[None, :length], pixels[None]
-    feats = _hf_image_features(hf, pixels, red.stage1)
+    ids = ids[None, :length]
+    if feats is None:
+        feats = _hf_image_features(hf, pixels[None], red.stage1)
     start = int(np.argmax(ids[0] == cfg.image_token_index))
     emb = np.asarray(model.text.embed(params["text"], ids))[0]
     h = np.concatenate([emb[:start], feats, emb[start + cfg.image_seq_length:]])
