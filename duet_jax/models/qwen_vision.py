@@ -238,3 +238,26 @@ def vision_forward(cfg: QwenVisionConfig, params, pixel_values, grids: tuple, dt
     merged = _linear(params["merger"]["mlp_2"],
                      jax.nn.gelu(_linear(params["merger"]["mlp_0"], merged), approximate=False))
     return VisionOutput(merged[lay.reverse_index], x, last_input)
+
+
+def stage1_inputs(cfg: QwenVisionConfig, params, last_input, grids: tuple):
+    """Stage-1 scores and metric of ONE image from the last block's input (§2.6).
+
+    Full attention of the last block (2-D RoPE applied) over the image's patches,
+    whatever its window setting; score = column sum over queries of the head-mean
+    attention, metric = RoPE'd keys averaged over heads; both averaged over each
+    merge group and returned in merged-token (HF raster-block) order.
+    last_input [N, D] window-permuted. Returns (scores [T] f32, metric [T, hd] f32).
+    """
+    from duet_jax.reduction.stage1_nocls import column_scores, group_mean
+    lay = grid_layout(cfg, grids)
+    if len(grids) != 1 or grids[0][0] != 1:
+        raise ValueError(f"Stage 1 on Qwen2.5-VL takes one still image per prompt; got grids "
+                         f"{grids}")
+    n, unit = last_input.shape[0], cfg.merge_unit
+    cos, sin = rope_cos_sin(cfg, lay.hw_positions.reshape(n // unit, unit, 2)[lay.window_index].reshape(n, 2))
+    q, k, _ = attention_qkv(cfg, layer_at(params["layers"], cfg.depth - 1), last_input, cos, sin)
+    probs = attention_probs(q, k, jnp.ones((n, n), bool))
+    scores = group_mean(column_scores(probs[None])[..., None], unit)[0, :, 0]
+    metric = group_mean(jnp.mean(k.astype(jnp.float32), axis=1)[None], unit)[0]
+    return scores[lay.reverse_index], metric[lay.reverse_index]

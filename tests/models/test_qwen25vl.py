@@ -64,3 +64,19 @@ def test_logits_match_hf(tiny, sizes):
     logits = model.apply(jax.tree.map(jnp.asarray, params), jnp.asarray(ids), jnp.asarray(pixels),
                          tuple(map(tuple, grid.tolist())), jnp.asarray(pos))
     np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sizes", [SIZES[:1], SIZES])
+def test_greedy_decode_matches_hf(tiny, sizes):
+    from duet_jax.generation.qwen_decode import generate_qwen
+    hf, cfg, params = tiny
+    ids, pixels, grid = qwen_inputs(sizes, seed=2)
+    n_new = 8
+    with torch.no_grad():
+        ref = hf.generate(**hf_inputs(ids, pixels, grid), max_new_tokens=n_new, min_new_tokens=n_new,
+                          do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].numpy()
+    pos, nxt = rope_index(cfg, ids, grid)
+    out = generate_qwen(Qwen25VLModel(cfg), jax.tree.map(jnp.asarray, params), jnp.asarray(ids),
+                        jnp.asarray(pixels), tuple(map(tuple, grid.tolist())), jnp.asarray(pos),
+                        jnp.asarray(nxt), max_new_tokens=n_new)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[0], ref)
