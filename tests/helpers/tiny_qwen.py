@@ -75,3 +75,35 @@ def hf_inputs(ids, pixels, grid):
     return dict(input_ids=ids_t, pixel_values=torch.tensor(pixels),
                 image_grid_thw=torch.tensor(grid), attention_mask=torch.ones_like(ids_t),
                 mm_token_type_ids=(ids_t == IMAGE).int())
+
+
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+    "<|im_end|>\n{% endif %}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_tiny_processor(directory: str) -> None:
+    """A character-level tokenizer with Qwen's special tokens at the tiny config's ids, Qwen's
+    chat format, and the PIL image processor, saved next to a tiny model."""
+    import string
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {c: i for i, c in enumerate(list(string.printable[:95]) + ["\n", "<unk>"])}
+    specials = {"<|image_pad|>": IMAGE, "<|video_pad|>": VIDEO, "<|vision_start|>": VSTART,
+                "<|vision_end|>": VEND, "<|im_start|>": 154, "<|im_end|>": 2, "<|endoftext|>": 156}
+    vocab.pop(string.printable[2])        # id 2 is the tiny config's eos: <|im_end|>
+    vocab.update(specials)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+    image_processor().save_pretrained(directory)
