@@ -22,6 +22,7 @@ from duet_jax.models.qwen25vl_reduced import reduced_forward
 class QwenGenerated(NamedTuple):
     tokens: jax.Array     # [B, T] generated ids (pad after eos)
     lengths: jax.Array    # [B] tokens before (excluding) eos
+    logits: object = None  # [B, T, V] float32 logits each token was picked from (with_logits)
 
 
 def _pad(kv, extra):
@@ -41,11 +42,12 @@ def _pick(logits, temperature, top_p, rng):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "grids", "reduction", "max_new_tokens",
-                                             "eos_id", "pad_id", "temperature", "top_p"))
+                                             "eos_id", "pad_id", "temperature", "top_p",
+                                             "with_logits"))
 def generate_qwen(model: Qwen25VLModel, params, input_ids, pixel_values, grids: tuple, positions,
                   next_position, attention_mask=None, *, reduction=None, max_new_tokens: int = 16,
                   eos_id: int = -1, pad_id: int = 0, temperature: float = 0.0, top_p: float = 1.0,
-                  rng=None) -> QwenGenerated:
+                  rng=None, with_logits: bool = False) -> QwenGenerated:
     """input_ids [B, L] (left-aligned, `attention_mask` marks padding), positions [3, B, L]
     and next_position [B] from `rope_index`. Returns QwenGenerated."""
     text = model.text
@@ -62,7 +64,7 @@ def generate_qwen(model: Qwen25VLModel, params, input_ids, pixel_values, grids: 
     first = _pick(logits, temperature, top_p, sub)
 
     def step(t, state):
-        tokens, done, caches, rng = state
+        tokens, done, caches, rng, seen = state
         tok = tokens[:, t]
         h = text.embed(params["text"], tok[:, None])
         pos = (next_position + t)[:, None]
@@ -75,15 +77,20 @@ def generate_qwen(model: Qwen25VLModel, params, input_ids, pixel_values, grids: 
                                            length + t, seg.lo, seg.hi, layers=lay)
             new_caches.append((k, v))
         rng, sub = jax.random.split(rng)
-        nxt = _pick(text.head(params["text"], h)[:, 0], temperature, top_p, sub)
+        step_logits = text.head(params["text"], h)[:, 0]
+        if with_logits:
+            seen = seen.at[:, t + 1].set(step_logits)
+        nxt = _pick(step_logits, temperature, top_p, sub)
         done = done | (tok == eos_id)
         nxt = jnp.where(done, pad_id, nxt)
-        return tokens.at[:, t + 1].set(nxt), done, tuple(new_caches), rng
+        return tokens.at[:, t + 1].set(nxt), done, tuple(new_caches), rng, seen
 
     tokens = jnp.full((b, max_new_tokens + 1), pad_id, jnp.int32).at[:, 0].set(first)
-    tokens, _, _, _ = jax.lax.fori_loop(0, max_new_tokens - 1, step,
-                                        (tokens, jnp.zeros(b, bool), caches, rng))
+    seen = (jnp.zeros((b, max_new_tokens) + logits.shape[1:], jnp.float32).at[:, 0].set(logits)
+            if with_logits else jnp.zeros(()))
+    tokens, _, _, _, seen = jax.lax.fori_loop(0, max_new_tokens - 1, step,
+                                              (tokens, jnp.zeros(b, bool), caches, rng, seen))
     tokens = tokens[:, :max_new_tokens]
     is_eos = tokens == eos_id
     lengths = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1), max_new_tokens)
-    return QwenGenerated(tokens, lengths.astype(jnp.int32))
+    return QwenGenerated(tokens, lengths.astype(jnp.int32), seen if with_logits else None)

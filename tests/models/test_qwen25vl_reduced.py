@@ -80,7 +80,9 @@ def _hf_scores(layer, h, pos3, cos_sin, start, n_img, queries):
     return w[0].double().mean(0).numpy()[queries][:, start:start + n_img].mean(0)
 
 
-def _reference(hf, ids, pixels, grid, red):
+def _reference(hf, ids, pixels, grid, red, extra=(), next_position=0, keeps=None):
+    """Logits of the reduced prompt (+ `extra` generated ids at M-RoPE ids next_position + t;
+    then the drops reuse `keeps` instead of ranking)."""
     lm = hf.model.language_model
     pos3 = hf.model.get_rope_index(**{k: v for k, v in hf_inputs(ids, pixels, grid).items()
                                       if k in ("input_ids", "mm_token_type_ids", "image_grid_thw")})[0]
@@ -95,6 +97,10 @@ def _reference(hf, ids, pixels, grid, red):
     take = np.concatenate([np.arange(start), start + idx, np.arange(start + t, ids.shape[1])])
     h = np.concatenate([text_emb[:start], rows, text_emb[start + t:]])
     pos = pos3[:, take]
+    if len(extra):
+        with torch.no_grad():
+            h = np.concatenate([h, lm.embed_tokens(torch.tensor(extra)).double().numpy()])
+        pos = np.concatenate([pos, np.broadcast_to(next_position + np.arange(len(extra)), (3, len(extra)))], 1)
     n = len(rows)
     s2 = red.stage2
     counts = s2.image_counts(n) if s2 else [n]
@@ -113,8 +119,11 @@ def _reference(hf, ids, pixels, grid, red):
             break
         r = np.arange(len(h))
         queries = r[r >= start + counts[s]] if s2.queries == "all" else np.array([len(h) - 1])
-        score = _hf_scores(lm.layers[bounds[s + 1]], x, p, cos_sin, start, counts[s], queries)
-        keep = np.sort(np.argsort(-score, kind="stable")[:counts[s + 1]])
+        if keeps is None:
+            score = _hf_scores(lm.layers[bounds[s + 1]], x, p, cos_sin, start, counts[s], queries)
+            keep = np.sort(np.argsort(-score, kind="stable")[:counts[s + 1]])
+        else:
+            keep = keeps[s]
         take = np.concatenate([r[:start], start + keep, r[start + counts[s]:]])
         h, pos = h[take], pos[:, take]
     with torch.no_grad():
@@ -132,3 +141,28 @@ def test_reduced_forward_equals_gathered_reference(tiny, name):
     ref = _reference(hf, ids, pixels, grid, red)
     assert int(np.asarray(valid).sum()) == len(ref) == logits.shape[1]
     np.testing.assert_allclose(np.asarray(logits)[0], ref, atol=1e-4, rtol=0)
+
+
+def test_reduced_decode_attends_to_each_segments_kept_tokens(tiny):
+    """Cached decoding == the HF layers re-run on prompt + generated tokens with the
+    prefill's Stage-1/Stage-2 choices: every generated token is that reference's argmax."""
+    from duet_jax.generation.qwen_decode import generate_qwen
+    from duet_jax.models.qwen25vl_reduced import reduced_forward
+    hf, cfg, params = tiny
+    red = REDUCTIONS["duet"]
+    ids, pixels, grid = qwen_inputs(((90, 130),), text=(5, 11), seed=4)
+    pos, nxt = rope_index(cfg, ids, grid)
+    args = (Qwen25VLModel(cfg), params, jnp.asarray(ids), jnp.asarray(pixels),
+            tuple(map(tuple, grid.tolist())), jnp.asarray(pos))
+    n_new = 6
+    gen = generate_qwen(*args, jnp.asarray(nxt), reduction=red, max_new_tokens=n_new,
+                        with_logits=True)
+    tokens = np.asarray(gen.tokens)[0]
+    fwd = jax.jit(reduced_forward, static_argnames=("model", "grids", "reduction"))(
+        *args, None, red)
+    keeps = [np.asarray(k)[0] for k in fwd.kept]
+    ref = _reference(hf, ids, pixels, grid, red, extra=tokens[:-1], next_position=int(nxt[0]),
+                     keeps=keeps)
+    np.testing.assert_array_equal(ref[-n_new:].argmax(-1), tokens)
+    np.testing.assert_allclose(np.asarray(gen.logits)[0], ref[-n_new:], atol=1e-4, rtol=0)
+    assert len(ref) < ids.shape[1] + n_new - 1        # the reference really is reduced
