@@ -183,7 +183,7 @@ def attention_qkv(cfg: QwenVisionConfig, p, x, cos, sin):
 
 
 def attention_probs(q, k, allowed):
-    """q, k [N, H, hd], allowed [N, N] bool -> softmax probs [H, N, N] float32."""
+    """q [Nq, H, hd], k [Nk, H, hd], allowed [Nq, Nk] bool -> softmax probs [H, Nq, Nk] f32."""
     logits = jnp.einsum("qhd,khd->hqk", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
     return jax.nn.softmax(jnp.where(allowed[None], logits, -jnp.inf), axis=-1)
 
@@ -191,8 +191,8 @@ def attention_probs(q, k, allowed):
 def block(cfg: QwenVisionConfig, p, x, cos, sin, allowed):
     """One `Qwen2_5_VLVisionBlock`: x [N, D] -> [N, D]."""
     q, k, v = attention_qkv(cfg, p, x, cos, sin)
-    probs = attention_probs(q, k, allowed).astype(x.dtype)
-    out = jnp.einsum("hqk,khd->qhd", probs, v).reshape(x.shape)
+    out = jax.nn.dot_product_attention(q[None], k[None], v[None], mask=allowed[None, None],
+                                       scale=cfg.head_dim ** -0.5)[0].reshape(x.shape)
     x = x + _linear(p["attn"]["proj"], out)
     h = rms_norm(x, p["norm2"]["scale"], 1e-6)
     act = ACTIVATIONS[cfg.hidden_act]
@@ -240,14 +240,15 @@ def vision_forward(cfg: QwenVisionConfig, params, pixel_values, grids: tuple, dt
     return VisionOutput(merged[lay.reverse_index], x, last_input)
 
 
-def stage1_inputs(cfg: QwenVisionConfig, params, last_input, grids: tuple):
+def stage1_inputs(cfg: QwenVisionConfig, params, last_input, grids: tuple, query_block: int = 1024):
     """Stage-1 scores and metric of ONE image from the last block's input (§2.6).
 
     Full attention of the last block (2-D RoPE applied) over the image's patches,
     whatever its window setting; score = column sum over queries of the head-mean
     attention, metric = RoPE'd keys averaged over heads; both averaged over each
     merge group and returned in merged-token (HF raster-block) order.
-    last_input [N, D] window-permuted. Returns (scores [T] f32, metric [T, hd] f32).
+    last_input [N, D] window-permuted; query_block: static query rows per attention tile.
+    Returns (scores [T] f32, metric [T, hd] f32).
     """
     from duet_jax.reduction.stage1_nocls import column_scores, group_mean
     lay = grid_layout(cfg, grids)
@@ -257,7 +258,18 @@ def stage1_inputs(cfg: QwenVisionConfig, params, last_input, grids: tuple):
     n, unit = last_input.shape[0], cfg.merge_unit
     cos, sin = rope_cos_sin(cfg, lay.hw_positions.reshape(n // unit, unit, 2)[lay.window_index].reshape(n, 2))
     q, k, _ = attention_qkv(cfg, layer_at(params["layers"], cfg.depth - 1), last_input, cos, sin)
-    probs = attention_probs(q, k, jnp.ones((n, n), bool))
-    scores = group_mean(column_scores(probs[None])[..., None], unit)[0, :, 0]
+    # Column sums over query blocks: the [H, N, N] map of a large image never exists at once.
+    block = min(n, query_block)
+    pad = -n % block
+    qb = jnp.pad(q, ((0, pad), (0, 0), (0, 0))).reshape(-1, block, *q.shape[1:])
+    rows_ok = (jnp.arange(n + pad) < n).reshape(-1, block)
+
+    def col_sum(total, inputs):
+        q_blk, ok = inputs
+        probs = attention_probs(q_blk, k, jnp.ones((block, n), bool))
+        return total + column_scores(probs[None], ok[None])[0], None
+
+    colsum, _ = jax.lax.scan(col_sum, jnp.zeros((n,), jnp.float32), (qb, rows_ok))
+    scores = group_mean(colsum[None, :, None], unit)[0, :, 0]
     metric = group_mean(jnp.mean(k.astype(jnp.float32), axis=1)[None], unit)[0]
     return scores[lay.reverse_index], metric[lay.reverse_index]

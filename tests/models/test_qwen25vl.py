@@ -103,3 +103,18 @@ def test_bad_inputs_are_clear_errors(tiny):
         reduced_forward(Qwen25VLModel(cfg), params, jnp.asarray(np.repeat(ids, 2, 0)),
                         jnp.asarray(np.concatenate([pixels, pixels])), ((1, 6, 10), (1, 6, 10)),
                         jnp.asarray(pos), None, get_preset("qwen25vl-duet-160"))
+
+
+def test_stage1_scores_do_not_depend_on_the_query_tiling(tiny):
+    from duet_jax.models.qwen_vision import stage1_inputs
+    _, cfg, params = tiny
+    _, pixels, grid = qwen_inputs(SIZES[:1])
+    grids = tuple(map(tuple, grid.tolist()))
+    vp = jax.tree.map(jnp.asarray, params["vision"])
+    out = vision_forward(cfg.vision, vp, jnp.asarray(pixels), grids)
+    whole = stage1_inputs(cfg.vision, vp, out.last_input, grids)
+    tiled = stage1_inputs(cfg.vision, vp, out.last_input, grids, query_block=16)   # 60 = 3*16 + 12
+    for a, b in zip(whole, tiled):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-6)
+    # every query row's probabilities sum to 1: the column sums add up to N / 4 per token on average
+    np.testing.assert_allclose(float(whole[0].sum()), pixels.shape[0] / 4, rtol=1e-5)
