@@ -8,6 +8,8 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {"load_llava": ("duet_jax.api", "load_llava"), "Llava": ("duet_jax.api", "Llava"),
+         "load_qwen25vl": ("duet_jax.api_qwen", "load_qwen25vl"),
+         "Qwen25VL": ("duet_jax.api_qwen", "Qwen25VL"),
          "presets": ("duet_jax.presets", None),
          "reduction": ("duet_jax.reduction", None)}
 
@@ -20,4 +22,4 @@ def __getattr__(name):
     return mod if attr is None else getattr(mod, attr)
 
 
-__all__ = ["load_llava", "Llava", "presets", "reduction"]
+__all__ = ["load_llava", "Llava", "load_qwen25vl", "Qwen25VL", "presets", "reduction"]

@@ -149,6 +149,9 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
     `jax.sharding.Mesh` to load the params straight onto (see duet_jax.sharding).
     """
     from duet_jax.checkpoints import load_params
+    from duet_jax.api_qwen import is_qwen25vl, load_qwen25vl
+    if os.path.isdir(path) and is_qwen25vl(path):   # Qwen2.5-VL family: its own container
+        return load_qwen25vl(path, dtype, compute_dtype=compute_dtype)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a directory; pass a LLaVA checkpoint directory")
     pdt = _dtype(dtype)

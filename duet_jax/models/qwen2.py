@@ -1,0 +1,92 @@
+"""Qwen2.5-VL language model (HF `Qwen2_5_VLTextModel` + `lm_head`) with M-RoPE.
+
+The decoder is Llama's (RMSNorm, SwiGLU, GQA, rotate-half RoPE) with biases on
+q/k/v (none on o) and multimodal RoPE: positions are `[3, B, L]` (temporal,
+height, width ids) and the rotary frequencies are split into `mrope_section`
+chunks, chunk i taking its angles from axis `i % 3`. Text tokens carry three
+equal ids, where M-RoPE equals plain RoPE, so 2-D positions `[B, L]` (decode
+steps) use the plain tables. Everything else (`run_layers`, `decode_layers`,
+`head`, `embed`) is `LlamaModel`'s.
+
+Params: the Llama layout of `duet_jax.models.config` with `self_attn/{q,k,v}_proj/bias`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from duet_jax.models.llama import LlamaMLP, LlamaModel, RMSNorm
+from duet_jax.models.rope import apply_rope, rope_cos_sin, rope_parameters
+
+
+def mrope_cos_sin(positions: jax.Array, inv_freq, section: tuple, dtype) -> tuple:
+    """positions [3, B, L] -> cos, sin [B, L, hd] (HF `Qwen2_5_VLRotaryEmbedding`)."""
+    if sum(section) != len(inv_freq):
+        raise ValueError(f"mrope_section {list(section)} sums to {sum(section)}, but the head "
+                         f"dim needs {len(inv_freq)} frequencies; fix rope_parameters")
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)   # [3, B, L, hd/2]
+    bounds = np.cumsum((0,) + tuple(section))
+    chunks = [freqs[i % 3, ..., lo:hi] for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    emb = jnp.concatenate(chunks, axis=-1)
+    emb = jnp.concatenate([emb, emb], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+class Qwen2Attention(nn.Module):
+    """Llama attention with q/k/v biases and a bias-free o_proj."""
+    config: object
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+        """x [B, T, D]; mask [B, 1, T, S]; kv_cache (k, v) [B, S, KV, hd] -> (out, (k, v))."""
+        cfg = self.config
+        b, t, _ = x.shape
+        h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        dense = lambda n, name, bias=True: nn.Dense(n, use_bias=bias, dtype=self.dtype, name=name)
+        q = apply_rope(dense(h * hd, "q_proj")(x).reshape(b, t, h, hd), cos, sin)
+        k = apply_rope(dense(kv * hd, "k_proj")(x).reshape(b, t, kv, hd), cos, sin)
+        v = dense(kv * hd, "v_proj")(x).reshape(b, t, kv, hd)
+        if kv_cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, 1)
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                           scale=hd ** -0.5)
+        return dense(cfg.hidden_size, "o_proj", False)(out.reshape(b, t, h * hd)), (k, v)
+
+
+class Qwen2DecoderLayer(nn.Module):
+    config: object
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+        cfg = self.config
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, name=name)
+        attn, new_kv = Qwen2Attention(cfg, self.dtype, name="self_attn")(
+            norm("input_layernorm")(x), cos, sin, mask, kv_cache, cache_index)
+        x = x + attn
+        x = x + LlamaMLP(cfg, self.dtype, name="mlp")(norm("post_attention_layernorm")(x))
+        return x, new_kv
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Model(LlamaModel):
+    """`LlamaModel` with Qwen2 layers and M-RoPE; `mrope_section` from rope_parameters."""
+    mrope_section: tuple = (16, 24, 24)
+
+    def _layer(self):
+        return Qwen2DecoderLayer(self.config, self.dtype)
+
+    def rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """positions [3, B, L] (M-RoPE) or [B, L] (text-only: all axes equal)."""
+        inv, scaling = rope_parameters(self.config)
+        if scaling != 1.0 or self.config.rope_params.get("rope_type", "default") != "default":
+            raise ValueError("Qwen2.5-VL M-RoPE supports rope_type 'default' only")
+        if positions.ndim == 2:
+            return rope_cos_sin(positions, jnp.asarray(inv), 1.0, self.dtype)
+        return mrope_cos_sin(positions, inv, self.mrope_section, self.dtype)

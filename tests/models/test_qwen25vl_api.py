@@ -1,0 +1,66 @@
+"""`duet_jax.load_qwen25vl` / `load_llava` dispatch: prompt format, pre-processing, logits
+and greedy answers against HF PyTorch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import duet_jax
+from tests.helpers.tiny_qwen import (IMAGE, VEND, VSTART, hf_inputs, images, save_tiny_processor,
+                                     tiny_qwen)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qwen")
+    hf = tiny_qwen(text_layers=4)
+    hf.save_pretrained(d)
+    save_tiny_processor(str(d))
+    return hf, str(d)
+
+
+def test_load_llava_dispatches_and_encodes_the_chat_format(saved):
+    hf, path = saved
+    model = duet_jax.load_llava(path)
+    assert isinstance(model, duet_jax.Qwen25VL)
+    batch = model.encode("What is it?", images()[0])
+    ids = batch["input_ids"][0]
+    n = int(np.prod(batch["image_grid_thw"][0])) // 4
+    text = model.tokenizer.decode(ids[ids != IMAGE])
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|vision_end|>What is it?<|im_end|>\n<|im_start|>assistant\n")
+    start = int(np.argmax(ids == IMAGE))
+    assert ids[start - 1] == VSTART and ids[start + n] == VEND and (ids == IMAGE).sum() == n
+
+
+def test_container_logits_and_greedy_answer_match_hf(saved):
+    hf, path = saved
+    model = duet_jax.load_qwen25vl(path)
+    batch = model.encode("Describe.", images(seed=3)[0])
+    kw = hf_inputs(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"])
+    with torch.no_grad():
+        ref = hf(**kw).logits.numpy()
+        ref_ids = hf.generate(**kw, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    got = model.logits(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"])
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4, rtol=1e-4)
+    ref_new = ref_ids[0, batch["input_ids"].shape[1]:].numpy()
+    ref_new = ref_new[:np.argmax(ref_new == 2)] if (ref_new == 2).any() else ref_new
+    answer = model.generate(["Describe."], [images(seed=3)[0]], max_new_tokens=6)[0]
+    assert answer == model.tokenizer.decode(ref_new, skip_special_tokens=True).strip()
+
+
+def test_presets_run_and_bad_reduction_is_a_clear_error(saved):
+    _, path = saved
+    model = duet_jax.load_qwen25vl(path)
+    for name in ("qwen25vl-duet-160", {"name": "t", "stage1": {"dominant": 6, "contextual": 2,
+                                                                "cls_token": False},
+                                       "stage2": {"layers": [1, 2], "ratios": [0.5, 0.25],
+                                                  "positions": "keep"}}):
+        if isinstance(name, str):
+            with pytest.raises(ValueError, match="outside"):     # 4-layer LM, layers [14, 21]
+                model.generate(["Hi"], [images()[0]], max_new_tokens=2, reduction=name)
+            continue
+        assert isinstance(model.generate(["Hi"], [images()[0]], max_new_tokens=3, reduction=name)[0], str)
+    with pytest.raises(ValueError, match="no CLS"):
+        model.logits(*model.encode("x", images()[0]).values(), reduction="llava15-duet-192")
