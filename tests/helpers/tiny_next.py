@@ -79,3 +79,31 @@ def next_batch(hf, sizes, text_lengths, image_at=3, seed=0):
         ids[b, image_at:image_at + n] = IMAGE_TOKEN
         mask[b, :ln] = 1
     return ids, mask, pixels, image_sizes
+
+
+def build_tiny_next_checkpoint(directory: str, seed: int = 0) -> str:
+    """A tiny llava-hf-style LLaVA-NeXT directory `duet_jax.load_llava` loads offline:
+    model (vocab = the tiny SentencePiece tokenizer's), tokenizer, AnyRes processor."""
+    import os
+
+    from tests.helpers.tiny_checkpoint import IMAGE_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE
+    from tests.helpers.tokenizer import build_tiny_tokenizer
+    from transformers import LlavaNextForConditionalGeneration
+
+    os.makedirs(directory, exist_ok=True)
+    build_tiny_tokenizer(directory)
+    cfg = tiny_next_config(vocab=VOCAB_SIZE, text_layers=2)
+    cfg.image_token_index = IMAGE_TOKEN_ID
+    cfg.text_config.pad_token_id = PAD_TOKEN_ID
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration._from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.eval().save_pretrained(directory)
+    from transformers import AutoTokenizer, LlavaNextProcessor
+    # the llava-hf processor_config.json fields (CLS counted, then removed by "default")
+    LlavaNextProcessor(next_processor(cfg), AutoTokenizer.from_pretrained(directory),
+                       patch_size=cfg.vision_config.patch_size, num_additional_image_tokens=1,
+                       vision_feature_select_strategy="default").save_pretrained(directory)
+    return directory
