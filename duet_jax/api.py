@@ -118,7 +118,7 @@ class Llava:
                              "batch text-only prompts separately")
         eos = self.config.text.eos_token_id
         return generate_tokens(self.module, self.params, jnp.asarray(batch["input_ids"]),
-                               jnp.asarray(batch["pixel_values"]),
+                               jax.tree.map(jnp.asarray, batch["pixel_values"]),
                                jnp.asarray(batch["attention_mask"]), reduction=red,
                                max_new_tokens=max_new_tokens, eos_id=-1 if eos is None else eos,
                                pad_id=self.tokenizer.pad_token_id or 0, temperature=temperature,
@@ -163,10 +163,23 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
         from duet_jax.sharding import param_shardings
         shardings = param_shardings(_param_shapes(path, vision_tower), mesh)
     cfg, params = load_params(path, dtype=pdt, shardings=shardings, vision_tower=vision_tower)
-    module = LlavaModel(cfg, dtype=_dtype(compute_dtype) or pdt, param_dtype=pdt, remat=remat)
+    module = _module_class(cfg)(cfg, dtype=_dtype(compute_dtype) or pdt, param_dtype=pdt,
+                                remat=remat)
     # donate: the stacked copy is freed leaf by leaf, so loading peaks at one
     # leaf above the model size, not at twice the layer weights
-    return Llava(cfg, module, unstack_params(params, donate=True), path)
+    params = unstack_params(params, donate=True)
+    if getattr(cfg, "image_grid_pinpoints", None) is not None:      # LLaVA-NeXT
+        from duet_jax.api_next import LlavaNext
+        return LlavaNext(cfg, module, params, path)
+    return Llava(cfg, module, params, path)
+
+
+def _module_class(cfg):
+    """LlavaModel, or LlavaNextModel for a LLaVA-NeXT (AnyRes) config."""
+    if getattr(cfg, "image_grid_pinpoints", None) is not None:
+        from duet_jax.models.llava_next import LlavaNextModel
+        return LlavaNextModel
+    return LlavaModel
 
 
 def _param_shapes(path: str, vision_tower: Optional[str]):
@@ -177,4 +190,4 @@ def _param_shapes(path: str, vision_tower: Optional[str]):
     else:
         from duet_jax.checkpoints.load import plan_conversion
         cfg = plan_conversion(path, vision_tower).config
-    return jax.eval_shape(LlavaModel(cfg).init, jax.random.key(0))
+    return jax.eval_shape(_module_class(cfg)(cfg).init, jax.random.key(0))

@@ -85,6 +85,7 @@ def _build_table() -> tuple:
         linear(f"text/layers/mlp/{n}", "text", f"layers.{{i}}.mlp.{n}")
     norm("text/norm", "text", "norm", bias=False)
     linear("text/lm_head", "head", "lm_head", bias=False)
+    add("image_newline", "newline", "image_newline")    # LLaVA-NeXT only
     return tuple(rows)
 
 
@@ -127,6 +128,7 @@ HF = Layout("hf", (
     Rule("text", r"(?:model\.)?language_model\.(?:model\.)?", "language_model.model."),
     Rule("head", r"(?:language_model\.)?", "language_model."),
     Rule("projector", r"(?:model\.)?multi_modal_projector\.", "multi_modal_projector."),
+    Rule("newline", r"(?:model\.)?", ""),      # LLaVA-NeXT's image_newline [Dt]
 ))
 ORIGINAL = Layout("original", (
     Rule("text", r"model\.", "model."),
@@ -196,6 +198,7 @@ def leaf_shapes(cfg: LlavaConfig) -> dict:
         ("projector", "linear_1"): (dv, dt), ("projector", "linear_2"): (dt, dt),
         ("text", "embed_tokens", "embedding"): (t.vocab_size, dt),
         ("text", "norm"): (dt,), ("text", "lm_head"): (dt, t.vocab_size),
+        ("image_newline",): (dt,),
     }
     num_layers = {"vision": v.num_hidden_layers, "text": t.num_hidden_layers}
     shapes = {}
@@ -216,6 +219,8 @@ def leaf_shapes(cfg: LlavaConfig) -> dict:
 def _active(e: Entry, cfg: LlavaConfig) -> bool:
     """Whether this config has the leaf (optional biases, untied lm_head)."""
     t = cfg.text
+    if e.component == "newline":
+        return hasattr(cfg, "image_grid_pinpoints")
     if e.component == "head":
         return not t.tie_word_embeddings
     if e.path[-1] != "bias":
@@ -264,12 +269,12 @@ def detect_layout(keys, config: dict) -> Layout:
             "(model.language_model.*), legacy HF (language_model.model.*) or original LLaVA "
             "(model.layers.*, model.mm_projector.*)")
     layout = HF if hits["hf"] >= hits["original"] else ORIGINAL
-    if model_type == "llava" and layout is ORIGINAL:
+    if model_type in ("llava", "llava_next") and layout is ORIGINAL:
         raise CheckpointError("config.json says model_type 'llava' but the weights use the "
                                     "original LLaVA layout (model.layers.*); fix config.json")
-    if layout is HF and model_type not in ("llava", None):
+    if layout is HF and model_type not in ("llava", "llava_next", None):
         raise CheckpointError(f"the weights use the HF llava layout but config.json has "
-                                    f"model_type {model_type!r}; expected 'llava'")
+                                    f"model_type {model_type!r}; expected 'llava' or 'llava_next'")
     return layout
 
 

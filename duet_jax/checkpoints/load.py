@@ -70,7 +70,7 @@ def checkpoint_kind(path: str) -> str:
         raise CheckpointError(f"{path} is not a checkpoint: it has no config.json (expected an HF "
                               "LLaVA, original LLaVA or converted duet_jax directory)")
     cfg = read_json(os.path.join(path, "config.json"))
-    if cfg.get("model_type") == "llava":
+    if cfg.get("model_type") in ("llava", "llava_next"):
         return "hf"
     if cfg.get("model_type") == "llava_llama" or "mm_vision_tower" in cfg:
         return "original"
@@ -86,6 +86,8 @@ def resolve_hf_config(d: dict) -> dict:
     if _is_complete(d):
         return dict(d)
     from transformers import LlavaConfig as HFLlavaConfig
+    if d.get("model_type") == "llava_next":
+        from transformers import LlavaNextConfig as HFLlavaConfig
 
     try:
         resolved = HFLlavaConfig.from_dict(dict(d)).to_dict()
@@ -106,14 +108,20 @@ def _is_complete(d: dict) -> bool:
     text = d.get("text_config")
     # head_dim defaults to hidden/heads in both; theta and scaling may live in rope_parameters
     rope_ok = isinstance(text, dict) and ("rope_parameters" in text or "rope_theta" in text)
-    top = {f.name for f in dataclasses.fields(LlavaConfig)} - {"vision", "text"}
+    top = {f.name for f in dataclasses.fields(_config_class(d))} - {"vision", "text"}
     return (rope_ok and has_all(text, TextConfig, ("head_dim", "rope_theta", "rope_scaling"))
             and has_all(d.get("vision_config"), VisionConfig) and top <= set(d))
 
 
+def _config_class(hf_config: dict):
+    from duet_jax.models.anyres import LlavaNextConfig
+    return LlavaNextConfig if hf_config.get("model_type") == "llava_next" else LlavaConfig
+
+
 def llava_config(hf_config: dict) -> LlavaConfig:
+    """LlavaConfig, or LlavaNextConfig for model_type 'llava_next'."""
     try:
-        return LlavaConfig.from_hf(hf_config)
+        return _config_class(hf_config).from_hf(hf_config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"config.json: {e}") from None
 

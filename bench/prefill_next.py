@@ -1,0 +1,143 @@
+"""LLaVA-NeXT (AnyRes) prefill time per llavanext-duet-* preset against its FLOP bound.
+
+A LLaVA-NeXT-7B-shaped model (336 px crops of 14 px patches, 24 CLIP / 32 LM layers,
+MHA) at reduced widths, random weights, one square image per sample (2x2 grid: 5
+crops; 2,928 HF image tokens with unpadding and newlines) and `--text-tokens` text
+tokens. Reports JAX prefill time (median of `--repeats`, round robin), speedup
+over the unreduced run, the analytic FLOP bound of that speedup and the fraction
+reached.
+
+    python bench/prefill_next.py [--batch 1] [--text-tokens 64] [--repeats 3]
+        [--width-v 256 --width-t 512 --vision-layers 24 --text-layers 32 --vocab 32064]
+
+Smoke run (seconds): --width-v 64 --width-t 64 --vision-layers 2 --vocab 512 --repeats 1.
+Writes bench/results/prefill_next_b{batch}.json.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.common import print_table, time_round_robin, write_json
+from bench.flops import _layer
+from duet_jax.models import anyres
+from duet_jax.models.anyres import LlavaNextConfig
+from duet_jax.models.config import TextConfig, VisionConfig
+from duet_jax.models.llava import unstack_params
+from duet_jax.models.llava_next import LlavaNextModel, NextImages
+from duet_jax.reduction import average_visual_tokens, get_preset
+
+PRESETS = ["llavanext-duet-640", "llavanext-duet-320", "llavanext-duet-160"]
+IMAGE_AT, IMAGE_SIZE = 5, (672, 672)        # (H, W) original: the 2x2 grid
+
+
+@functools.partial(jax.jit, static_argnames=("module", "reduction"))
+def jax_prefill(module, params, ids, images, mask, reduction):
+    seq = module.forward(params, ids, images, mask, reduction=reduction).sequence
+    h = jnp.take_along_axis(seq.hidden, (seq.valid.sum(1) - 1)[:, None, None], axis=1)
+    return module.text.head(params["text"], h)
+
+
+def next_prefill_flops(cfg: LlavaNextConfig, size, text_tokens: int, reduction=None) -> float:
+    """Analytic FLOPs of one sample's NeXT prefill (CLIP on every crop to the feature layer,
+    projector, LM segments at their token counts, Stage-2 scoring, last-token head)."""
+    v, t = cfg.vision, cfg.text
+    crops = anyres.num_crops(cfg, size)
+    clip = crops * (2 * v.num_patches * v.patch_size ** 2 * v.num_channels * v.hidden_size
+                    + (cfg.feature_layer_index + 1) * _layer(v.num_patches + 1, v.hidden_size,
+                                                             v.hidden_size, 3 * v.hidden_size,
+                                                             v.intermediate_size, 2))
+    if reduction is not None and reduction.stage1 is not None:
+        n0, projected = [anyres.reduced_block_size(
+            cfg, size, reduction.stage1.output_size(v.num_patches))] * 2
+    else:
+        n0, projected = anyres.num_image_tokens(cfg, size), crops * v.num_patches
+    proj = 2 * projected * (v.hidden_size + t.hidden_size) * t.hidden_size
+    hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    counts, bounds = [n0], [0, t.num_hidden_layers]
+    if reduction is not None and reduction.stage2 is not None:
+        counts, bounds = reduction.stage2.image_counts(n0), [0, *reduction.stage2.layers,
+                                                             t.num_hidden_layers]
+    lm = scoring = 0.0
+    for s in range(len(bounds) - 1):
+        length = text_tokens + counts[s]
+        lm += (bounds[s + 1] - bounds[s]) * _layer(length, t.hidden_size, hq, hq + 2 * hkv,
+                                                   t.intermediate_size, 3)
+        if s < len(bounds) - 2:
+            rows = length - counts[s] + 1
+            scoring += 2 * t.hidden_size * (rows * hq + length * hkv) + 2 * rows * length * hq
+    return clip + proj + lm + scoring + 2 * t.hidden_size * t.vocab_size
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--text-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--presets", nargs="*", default=PRESETS)
+    ap.add_argument("--width-v", type=int, default=256, help="CLIP width (multiple of 64)")
+    ap.add_argument("--width-t", type=int, default=512, help="LLM width (multiple of 64)")
+    ap.add_argument("--vision-layers", type=int, default=24)
+    ap.add_argument("--text-layers", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=32064)
+    args = ap.parse_args()
+    cfg = LlavaNextConfig(
+        vision=VisionConfig(hidden_size=args.width_v, intermediate_size=4 * args.width_v,
+                            num_hidden_layers=args.vision_layers,
+                            num_attention_heads=args.width_v // 64),
+        text=TextConfig(vocab_size=args.vocab, hidden_size=args.width_t,
+                        intermediate_size=int(2.6875 * args.width_t),
+                        num_hidden_layers=args.text_layers, num_attention_heads=args.width_t // 64,
+                        max_position_embeddings=4096),
+        image_token_index=args.vocab - 1)
+    module = LlavaNextModel(cfg)
+    params = unstack_params(module.init(jax.random.key(0)))
+    b, n = args.batch, anyres.num_image_tokens(cfg, IMAGE_SIZE)
+    g = np.random.default_rng(0)
+    ids = g.integers(3, args.vocab - 2, (b, n + args.text_tokens)).astype(np.int32)
+    ids[:, IMAGE_AT:IMAGE_AT + n] = cfg.image_token_index
+    mask = jnp.ones(ids.shape, jnp.int32)
+    crops = anyres.num_crops(cfg, IMAGE_SIZE)
+    images = NextImages(jnp.asarray(g.standard_normal((b, crops, 3, 336, 336), np.float32)),
+                        [IMAGE_SIZE] * b)
+    module.check_inputs(ids, images)
+    ids = jnp.asarray(ids)
+    settings = {"none": None, **{name: get_preset(name) for name in args.presets}}
+    for red in settings.values():
+        if red is not None:
+            red.validate(cfg.vision.num_patches, cfg.text.num_hidden_layers, crops=crops)
+    fns = {name: (lambda red=red: jax_prefill(module, params, ids, images, mask,
+                                              red).block_until_ready())
+           for name, red in settings.items()}
+    times = time_round_robin(fns, repeats=args.repeats)
+    base = next_prefill_flops(cfg, IMAGE_SIZE, args.text_tokens)
+    results, rows = {"gflops_unreduced": base / 1e9, "image_tokens_unreduced": n}, []
+    for name, red in settings.items():
+        bound = base / next_prefill_flops(cfg, IMAGE_SIZE, args.text_tokens, red)
+        avg = n if red is None else average_visual_tokens(red, cfg.vision.num_patches,
+                                                          cfg.text.num_hidden_layers, crops)
+        speedup = times["none"] / times[name]
+        results[name] = {"avg_tokens": avg, "flop_bound": bound, "seconds": times[name],
+                         "speedup": speedup, "fraction_of_bound": speedup / bound}
+        rows.append([name, f"{avg:.2f}", f"{bound:.2f}", f"{times[name] * 1e3:.0f}",
+                     f"{speedup:.2f}", f"{speedup / bound:.2f}"])
+    print(f"LLaVA-NeXT prefill, batch {b}, {crops} crops ({n} HF image tokens), "
+          f"{args.text_tokens} text tokens, {args.vision_layers} CLIP / {args.text_layers} LM "
+          f"layers, widths {args.width_v}/{args.width_t}, {jax.default_backend()}")
+    print_table(["setting", "avg vis tok", "FLOP bound", "JAX ms", "speedup", "of bound"], rows)
+    path = write_json(f"prefill_next_b{b}.json", {"batch": b, "text_tokens": args.text_tokens,
+                                                  "widths": [args.width_v, args.width_t],
+                                                  "repeats": args.repeats, "results": results})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

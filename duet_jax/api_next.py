@@ -1,0 +1,89 @@
+"""`duet_jax.load_llava(path)` for LLaVA-NeXT checkpoints: the same `.logits / .generate`
+handle as LLaVA-1.5 (`duet_jax.api.Llava`), with AnyRes pre-processing through
+transformers' `LlavaNextImageProcessorPil` (no square padding: the processor tiles the
+image itself) and one image-token block per image whose length is HF's count."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from duet_jax.api import Llava, _logits
+from duet_jax.models import anyres
+from duet_jax.models.llava_next import NextImages
+
+
+def as_images(pixel_values, image_sizes=None) -> NextImages:
+    """NextImages from the processor's (pixel_values [B, P, 3, S, S], image_sizes [B, 2])."""
+    if isinstance(pixel_values, NextImages):
+        return pixel_values
+    if image_sizes is None:
+        raise ValueError("LLaVA-NeXT needs image_sizes [B, 2] (the processor returns them) "
+                         "next to pixel_values [B, P, 3, S, S]")
+    if np.ndim(pixel_values) != 5:
+        raise ValueError(f"pixel_values has shape {np.shape(pixel_values)}; LLaVA-NeXT takes "
+                         "[B, crops, 3, S, S] from LlavaNextImageProcessor")
+    return NextImages(jnp.asarray(pixel_values), np.asarray(image_sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaNext(Llava):
+    """LLaVA-NeXT handle; `pixel_values` may be `NextImages` or come with `image_sizes=`."""
+
+    def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None,
+               image_sizes=None):
+        """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
+        input_ids = jnp.asarray(input_ids)
+        images = as_images(pixel_values, image_sizes)
+        self.module.check_inputs(input_ids, images)
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        logits, _ = _logits(self.module, self.params, input_ids, images,
+                            jnp.asarray(attention_mask), self.reduction(reduction), True)
+        return logits
+
+    @functools.cached_property
+    def image_processor(self):
+        from transformers import LlavaNextImageProcessorPil
+        return LlavaNextImageProcessorPil.from_pretrained(self.path, local_files_only=True)
+
+    def encode(self, prompts: Sequence[str], images: Sequence) -> dict:
+        """Messages + images (paths or PIL images; one per prompt) -> a right-padded batch.
+
+        vicuna_v1 template as LLaVA-1.5, but tokenized as `LlavaNextProcessor` does: the
+        whole prompt in one tokenizer call (not chunk-wise around `<image>`), then the
+        `<image>` id expanded to HF's per-image count."""
+        from duet_jax.data.conversation import build_eval_prompt
+        from duet_jax.data.images import load_image
+        from duet_jax.data.salient import salient_token_mask
+        from duet_jax.data.tokenize import expand_image_placeholders, right_pad
+        if len(prompts) != len(images) or any(im is None for im in images):
+            raise ValueError("LLaVA-NeXT batches need exactly one image per prompt")
+        pil = [load_image(im) if isinstance(im, str) else im.convert("RGB") for im in images]
+        enc = self.image_processor(images=pil, return_tensors="np")
+        sizes = np.asarray(enc["image_sizes"])
+        cfg, ids, fulls = self.config, [], []
+        for text, size in zip(prompts, sizes):
+            full = text if text.rstrip().endswith("ASSISTANT:") else build_eval_prompt(text)
+            fulls.append(full)
+            whole = np.asarray(self.tokenizer(full)["input_ids"])
+            if (whole == cfg.image_token_index).sum() != 1:
+                raise ValueError(f"prompt {full[:40]!r}... must hold exactly one <image>")
+            ids.append(expand_image_placeholders(
+                whole, None, image_token_index=cfg.image_token_index, placeholder=cfg.image_token_index,
+                image_seq_length=anyres.num_image_tokens(cfg, size))[0])
+        length = max(len(i) for i in ids)
+        input_ids, mask = right_pad(ids, length, self.tokenizer.pad_token_id or 0)
+        salient = np.zeros_like(mask, bool)
+        for b, (text, full, row, size) in enumerate(zip(prompts, fulls, ids, sizes)):
+            after, question = full.split("<image>", 1)[-1], text.replace("<image>\n", "")
+            if "<image>" in full and question in after:
+                offset = int(np.argmax(row == cfg.image_token_index)) + \
+                    anyres.num_image_tokens(cfg, size)
+                salient[b] = salient_token_mask(after, question, self.tokenizer, offset, length)
+        return {"input_ids": input_ids, "attention_mask": mask,
+                "pixel_values": NextImages(np.asarray(enc["pixel_values"], np.float32), sizes),
+                "has_image": np.ones(len(prompts), bool), "salient_mask": salient}

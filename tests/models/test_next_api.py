@@ -1,0 +1,58 @@
+"""`duet_jax.load_llava` on a LLaVA-NeXT checkpoint: the same handle as LLaVA-1.5, prompts
+tokenized exactly as transformers' LlavaNextProcessor does, logits and greedy answers
+equal to HF PyTorch, presets and bad input handled."""
+import numpy as np
+import pytest
+import torch
+
+import duet_jax
+from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
+from tests.helpers.tiny_next import SIZES, build_tiny_next_checkpoint, random_images
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return build_tiny_next_checkpoint(str(tmp_path_factory.mktemp("next") / "tiny-next"))
+
+
+def test_load_encode_logits_generate_match_transformers(ckpt):
+    from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
+    model = duet_jax.load_llava(ckpt)
+    assert type(model).__name__ == "LlavaNext"
+    images = random_images(SIZES[:2], seed=4)
+    prompts = ["What is in this picture?", "Describe the image."]
+    batch = model.encode(prompts, images)
+    # transformers' own processor builds the same ids from the same full prompts
+    proc = LlavaNextProcessor.from_pretrained(ckpt)
+    from duet_jax.data.conversation import build_eval_prompt
+    hf = LlavaNextForConditionalGeneration.from_pretrained(ckpt, attn_implementation="eager").eval()
+    answers = model.generate(prompts, images, max_new_tokens=5)
+    for b, (p, im) in enumerate(zip(prompts, images)):
+        enc = proc(text=build_eval_prompt(p), images=im, return_tensors="pt")
+        n = int(batch["attention_mask"][b].sum())
+        np.testing.assert_array_equal(batch["input_ids"][b, :n], enc["input_ids"][0].numpy())
+        np.testing.assert_array_equal(batch["pixel_values"].sizes[b], enc["image_sizes"][0].numpy())
+        with torch.no_grad():
+            ref = hf(**enc).logits[0].numpy()
+            out = hf.generate(**enc, max_new_tokens=5, do_sample=False)[0, n:]
+        logits = np.asarray(model.logits(batch["input_ids"][b:b + 1, :n],
+                                         batch["pixel_values"].pixels[b:b + 1],
+                                         image_sizes=[batch["pixel_values"].sizes[b]]))[0]
+        np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
+        assert answers[b] == proc.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+def test_reduced_generation_and_bad_input(ckpt):
+    model = duet_jax.load_llava(ckpt)
+    red = ReductionConfig("t", Stage1Config(6, 3, 2), Stage2Config((1,), (0.5,)))
+    images = random_images(SIZES[1:3], seed=5)
+    out = model.generate(["Describe it.", "What colour?"], images, max_new_tokens=3, reduction=red)
+    assert len(out) == 2 and all(isinstance(a, str) for a in out)
+    batch = model.encode(["Describe it."], images[:1])
+    with pytest.raises(ValueError, match="image_sizes"):
+        model.logits(batch["input_ids"], batch["pixel_values"].pixels)
+    with pytest.raises(ValueError, match="one image per prompt"):
+        model.encode(["a", "b"], [images[0], None])
+    with pytest.raises(ValueError, match="dominant"):
+        model.logits(batch["input_ids"], batch["pixel_values"], reduction=ReductionConfig(
+            "big", Stage1Config(17, 2), None))
