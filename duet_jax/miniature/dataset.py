@@ -36,7 +36,7 @@ BENCHMARKS = ("pope", "textvqa", "gqa")
 class DataConfig:
     """Sizes of the data set. Eval counts are questions per split (POPE: per category)."""
     seed: int = 0
-    train_images: int = 3000
+    train_images: int = 6000
     val_pope_per_split: int = 20
     val_textvqa: int = 30
     val_gqa: int = 40

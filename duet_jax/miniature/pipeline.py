@@ -79,7 +79,7 @@ def _stage_log(name: str, r: dict, log) -> None:
 
 
 def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict:
-    """Stage 0 (tower) + stage 1 (train.py, recipe full) from scratch, both cached."""
+    """Stage 0 (tower) + stage 1 (train.py, tower frozen) from scratch, both cached."""
     from duet_jax.miniature.tower import pretrain_tower
     runs = os.path.join(_abs(cfg.workdir), "runs")
     config = _abs(CONFIGS["pretrain"])
@@ -94,7 +94,7 @@ def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict
     tower = training.cached(tower_dir, tower_id, lambda: pretrain_tower(
         config, data + list(cfg.pretrain_overrides), tower_dir, tcfg, log=log))
     _stage_log("tower", dict(tower, step_s=None), log)
-    log("  stage 1: from the pretrained tower, everything trainable, full tokens")
+    log("  stage 1: the pretrained tower frozen, projector + LM trained from scratch, full tokens")
     pretrain = training.run_stage(config, os.path.join(runs, "pretrain"),
                                   data + [f"model.checkpoint={tower['final']}"]
                                   + list(cfg.pretrain_overrides), log=log,

@@ -17,7 +17,7 @@ train.py) on two objectives read off the drawing:
 
 It writes `RUN_DIR/final`: a converted duet_jax checkpoint whose tower is
 trained and whose projector and LM are the seeded random init, plus the
-tokenizer and image processor; stage 1 (`train.py`, recipe full) starts from it.
+tokenizer and image processor; stage 1 (`train.py`, tower frozen) starts from it.
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Train the miniature in stages with `python train.py` (one subprocess per stage).
 
-* ``pretrain``: from scratch, unreduced, everything trainable (`recipe: full`):
-  the miniature's stand-in for CLIP pretraining + LLaVA pretraining, and the
-  one place where the tower is not frozen.
+* ``pretrain``: projector + LM from scratch on the stage-0 tower (frozen, as
+  CLIP in LLaVA), unreduced: the miniature's stand-in for LLaVA pretraining.
 * ``finetune-full`` and ``finetune-duet``: from the pretrained weights, tower
   frozen (`recipe: finetune`, LLaVA-1.5's stage 2), the same steps and data
   order, one at full tokens (the baseline of every table) and one with DUET

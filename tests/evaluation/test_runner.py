@@ -277,3 +277,34 @@ def test_video_frames_from_a_folder_and_clear_errors(tmp_path, capsys):
                  qdir, "--images", root, "--answers", tmp_path / "v.jsonl") == 2
     # the frames are fine; the model is the problem (tests/evaluation/test_video_run.py runs one)
     assert "cannot load the model" in _error_line(capsys)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(ckpt, tmp_path):
+    """A real `kill -9` of `eval.py run` mid-run (batch size 1, 24 questions, killed once
+    the first answer is on disk), then a resume: byte-identical to an uninterrupted run."""
+    import signal
+    import time
+    fixture = write_pope_fixture(str(tmp_path / "pope24"), num_questions=24)
+    reference = str(tmp_path / "reference.jsonl")
+    args = list(_run_args(ckpt, fixture, reference))
+    args[args.index("--batch-size") + 1] = 1
+    assert _eval(*args) == 0
+    killed = str(tmp_path / "killed.jsonl")
+    args[args.index("--answers") + 1] = killed
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "eval.py"), *map(str, args)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(killed) and open(killed, "rb").read().count(b"\n") >= 1:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it was killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = open(killed, "rb").read().count(b"\n")
+    assert 1 <= done < 24
+    assert _eval(*args) == 0
+    assert open(killed, "rb").read() == open(reference, "rb").read()
