@@ -143,7 +143,7 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
                mesh=None, vision_tower: Optional[str] = None, remat: bool = False) -> Llava:
     """Loads an HF LLaVA dir (llava-hf or legacy layout), an original LLaVA dir
     (`vision_tower=` its CLIP dir) or a `python -m convert` output; an HF
-    Video-LLaVA dir (or its conversion) gives a `duet_jax.video_api.VideoLlava`.
+    Video-LLaVA dir (or its conversion) gives a `duet_jax.api_video.VideoLlava`.
 
     dtype: params dtype; compute_dtype defaults to it. mesh: a
     `jax.sharding.Mesh` to load the params straight onto (see duet_jax.sharding).
@@ -155,7 +155,7 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a directory; pass a LLaVA checkpoint directory")
     pdt = _dtype(dtype)
-    from duet_jax.video_api import is_video_checkpoint, load_video_llava
+    from duet_jax.api_video import is_video_checkpoint, load_video_llava
     if is_video_checkpoint(path):    # model_type video_llava: a VideoLlava handle
         return load_video_llava(path, pdt, _dtype(compute_dtype), remat=remat, mesh=mesh)
     shardings = None

@@ -145,7 +145,7 @@ def encode_batch(model, questions: list[Question], idxs: list[int], images_dir: 
     """Right-padded batch of exactly `batch_size` rows and a bucketed length."""
     fill = batch_size - len(idxs)
     if questions[idxs[0]].benchmark == "video":    # a Video-LLaVA model (checked in run)
-        from duet_jax.video_api import build_video_prompt
+        from duet_jax.api_video import build_video_prompt
         prompts = [build_video_prompt(questions[i].text, "video") for i in idxs]
         videos = [media.load_video_frames(images_dir, questions[i], model.config.num_frames)
                   for i in idxs]

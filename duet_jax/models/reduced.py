@@ -81,6 +81,36 @@ def drop_image_tokens(text: LlamaModel, layer_params: dict, seq, score_hidden, *
     return new, keep
 
 
+def unreduced_run(text: LlamaModel, params: dict, seq, return_kv: bool):
+    """Every layer, no drop: (seq, [one Segment], [])."""
+    num_layers = text.config.num_hidden_layers
+    h, kv = text.run_layers(params, seq.hidden, seq.positions, seq.valid, 0, num_layers,
+                            return_kv=return_kv)
+    return seq._replace(hidden=h), [Segment(0, num_layers, seq.valid, seq.positions, kv)], []
+
+
+def check_scorable(text: LlamaModel) -> None:
+    if text.config.attention_bias:
+        raise ValueError("Stage 2 scoring assumes Llama q/k projections without bias; "
+                         "this checkpoint has attention_bias=True")
+
+
+def run_segment(text: LlamaModel, params: dict, seq, lo: int, hi: int, fastv: bool,
+                return_kv: bool):
+    """Layers lo..hi-1 -> (seq after them, hidden the next boundary ranks with, Segment).
+
+    FastV ranks with layer hi-1's own attention, so it needs that layer's input.
+    """
+    mid = hi - 1 if fastv else hi
+    h, kv = text.run_layers(params, seq.hidden, seq.positions, seq.valid, lo, mid,
+                            return_kv=return_kv)
+    score_hidden = h
+    if fastv:
+        h, kv2 = text.run_layers(params, h, seq.positions, seq.valid, mid, hi, return_kv=return_kv)
+        kv = kv2 if kv is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv, kv2)
+    return seq._replace(hidden=h), score_hidden, Segment(lo, hi, seq.valid, seq.positions, kv)
+
+
 def run_language_model(text: LlamaModel, params: dict, seq, num_image: int, stage2,
                        images_in_every_sample: bool = True, *, train: bool = False,
                        segment_lengths: Optional[Seq[int]] = None, return_kv: bool = False):
@@ -94,12 +124,8 @@ def run_language_model(text: LlamaModel, params: dict, seq, num_image: int, stag
     """
     num_layers = text.config.num_hidden_layers
     if stage2 is None:
-        h, kv = text.run_layers(params, seq.hidden, seq.positions, seq.valid, 0, num_layers,
-                                return_kv=return_kv)
-        return seq._replace(hidden=h), [Segment(0, num_layers, seq.valid, seq.positions, kv)], []
-    if text.config.attention_bias:
-        raise ValueError("Stage 2 scoring assumes Llama q/k projections without bias; "
-                         "this checkpoint has attention_bias=True")
+        return unreduced_run(text, params, seq, return_kv)
+    check_scorable(text)
     counts = stage2.image_counts(num_image)
     bounds = [0, *stage2.layers, num_layers]
     segments, kept = [], []
@@ -108,16 +134,8 @@ def run_language_model(text: LlamaModel, params: dict, seq, num_image: int, stag
         last_segment = s == len(bounds) - 2
         boundary_run = not last_segment and counts[s] > 0
         fastv = boundary_run and stage2.method == "fastv"
-        # FastV ranks with layer hi-1's own attention, so it needs that layer's input.
-        mid = hi - 1 if fastv else hi
-        h, kv = text.run_layers(params, seq.hidden, seq.positions, seq.valid, lo, mid,
-                                return_kv=return_kv)
-        score_hidden = h
-        if fastv:
-            h, kv2 = text.run_layers(params, h, seq.positions, seq.valid, mid, hi, return_kv=return_kv)
-            kv = kv2 if kv is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv, kv2)
-        segments.append(Segment(lo, hi, seq.valid, seq.positions, kv))
-        seq = seq._replace(hidden=h)
+        seq, score_hidden, segment = run_segment(text, params, seq, lo, hi, fastv, return_kv)
+        segments.append(segment)
         if not boundary_run:
             continue
         n_prev, n_new = counts[s], counts[s + 1]

@@ -28,7 +28,7 @@ import numpy as np
 from duet_jax import reduction as red
 from duet_jax.models.common import layer_at
 from duet_jax.models.llama import LlamaModel
-from duet_jax.models.reduced import Segment, _query_mask
+from duet_jax.models.reduced import _query_mask, check_scorable, run_segment, unreduced_run
 from duet_jax.models.rope import inv_freq_for
 
 
@@ -107,12 +107,8 @@ def run_language_model_varlen(text: LlamaModel, params: dict, seq, n0: Seq[int],
     """
     num_layers = text.config.num_hidden_layers
     if stage2 is None:
-        h, kv = text.run_layers(params, seq.hidden, seq.positions, seq.valid, 0, num_layers,
-                                return_kv=return_kv)
-        return seq._replace(hidden=h), [Segment(0, num_layers, seq.valid, seq.positions, kv)], []
-    if text.config.attention_bias:
-        raise ValueError("Stage 2 scoring assumes Llama q/k projections without bias; "
-                         "this checkpoint has attention_bias=True")
+        return unreduced_run(text, params, seq, return_kv)
+    check_scorable(text)
     counts = per_sample_counts(stage2, n0)
     bounds = [0, *stage2.layers, num_layers]
     segments, kept = [], []
@@ -120,15 +116,8 @@ def run_language_model_varlen(text: LlamaModel, params: dict, seq, n0: Seq[int],
         lo, hi = bounds[s], bounds[s + 1]
         boundary_run = s < len(bounds) - 2 and counts[:, s].max() > 0
         fastv = boundary_run and stage2.method == "fastv"
-        mid = hi - 1 if fastv else hi     # FastV ranks with layer hi-1's own input
-        h, kv = text.run_layers(params, seq.hidden, seq.positions, seq.valid, lo, mid,
-                                return_kv=return_kv)
-        score_hidden = h
-        if fastv:
-            h, kv2 = text.run_layers(params, h, seq.positions, seq.valid, mid, hi, return_kv=return_kv)
-            kv = kv2 if kv is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv, kv2)
-        segments.append(Segment(lo, hi, seq.valid, seq.positions, kv))
-        seq = seq._replace(hidden=h)
+        seq, score_hidden, segment = run_segment(text, params, seq, lo, hi, fastv, return_kv)
+        segments.append(segment)
         if not boundary_run:
             continue
         n_prev, n_new = counts[:, s], counts[:, s + 1]

@@ -7,9 +7,9 @@ converter. The image is a `--grid H W` patch grid (H*W/4 LLM tokens); presets cl
 `d`, `c` per image, so use a grid of >= 64x64 patches (1024 tokens) to see the 640
 preset unclipped. Only run it at tiny size on a shared CPU:
 
-    python bench/qwen_prefill.py --grid 16 16 --width-v 64 --width-t 128 --repeats 2
+    python bench/prefill_qwen.py --grid 16 16 --width-v 64 --width-t 128 --repeats 2
 
-Prints a table and writes bench/results/qwen_prefill.json.
+Prints a table and writes bench/results/prefill_qwen.json.
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def main():
           f"{args.text_tokens} text tokens, widths {args.width_v}/{args.width_t}, "
           f"{jax.default_backend()}")
     print_table(["setting", "n0", "avg vis tok", "FLOP bound", "ms", "speedup", "of bound"], rows)
-    print(f"wrote {write_json('qwen_prefill.json', {'grid': grid, 'results': results})}")
+    print(f"wrote {write_json('prefill_qwen.json', {'grid': grid, 'results': results})}")
 
 
 if __name__ == "__main__":

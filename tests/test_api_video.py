@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import duet_jax
-from duet_jax.video_api import VideoLlava, build_video_prompt, load_frames
+from duet_jax.api_video import VideoLlava, build_video_prompt, load_frames
 from tests.helpers.tiny_video import build_tiny_video_checkpoint
 
 
