@@ -160,8 +160,9 @@ class LlavaNextModel(LlavaModel):
         b, length = input_ids.shape
         diff = jnp.asarray(np.subtract(n_ids, n_feats), jnp.int32)
         k = jnp.asarray(n_feats, jnp.int32)[:, None]
-        out_len = length + max(0, -int(np.min(np.subtract(n_ids, n_feats)))) \
-            if out_len is None else out_len
+        # shrink by the batch's smallest saving: every sample still fits, and a
+        # reduced batch runs the LM on its reduced length, not on HF's
+        out_len = length - int(np.min(np.subtract(n_ids, n_feats))) if out_len is None else out_len
         valid_in = jnp.ones((b, length), bool) if attention_mask is None else attention_mask.astype(bool)
         labels = jnp.full((b, length), IGNORE_INDEX, jnp.int32) if labels is None else labels.astype(jnp.int32)
         is_img = (input_ids == self.config.image_token_index) & valid_in
