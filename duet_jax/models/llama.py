@@ -75,12 +75,13 @@ class RMSNorm(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     config: TextConfig
     dtype: jnp.dtype = jnp.float32
+    attention_cls = LlamaAttention     # a class attribute: subclasses swap the attention only
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, name=name)
-        attn, new_kv = LlamaAttention(cfg, self.dtype, name="self_attn")(
+        attn, new_kv = self.attention_cls(cfg, self.dtype, name="self_attn")(
             norm("input_layernorm")(x), cos, sin, mask, kv_cache, cache_index)
         x = x + attn
         x = x + LlamaMLP(cfg, self.dtype, name="mlp")(norm("post_attention_layernorm")(x))

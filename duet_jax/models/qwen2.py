@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.models.llama import LlamaMLP, LlamaModel, RMSNorm
+from duet_jax.models.llama import LlamaDecoderLayer, LlamaModel
 from duet_jax.models.rope import apply_rope, rope_cos_sin, rope_parameters
 
 
@@ -59,19 +59,8 @@ class Qwen2Attention(nn.Module):
         return dense(cfg.hidden_size, "o_proj", False)(out.reshape(b, t, h * hd)), (k, v)
 
 
-class Qwen2DecoderLayer(nn.Module):
-    config: object
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
-        cfg = self.config
-        norm = lambda name: RMSNorm(cfg.rms_norm_eps, name=name)
-        attn, new_kv = Qwen2Attention(cfg, self.dtype, name="self_attn")(
-            norm("input_layernorm")(x), cos, sin, mask, kv_cache, cache_index)
-        x = x + attn
-        x = x + LlamaMLP(cfg, self.dtype, name="mlp")(norm("post_attention_layernorm")(x))
-        return x, new_kv
+class Qwen2DecoderLayer(LlamaDecoderLayer):
+    attention_cls = Qwen2Attention
 
 
 @dataclasses.dataclass(frozen=True)

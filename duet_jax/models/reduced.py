@@ -50,24 +50,30 @@ def _query_mask(seq, image_start, n_prev: int, queries: str, train: bool):
     return mask
 
 
+def boundary_scores(text: LlamaModel, layer_params: dict, seq, score_hidden, qmask, image_start,
+                    num_image: int, query_rows: Optional[int]):
+    """`text_image_scores` with the q/k/norm weights of `layer_params` -> [B, num_image]."""
+    cfg = text.config
+    inv_freq, scaling = inv_freq_for(cfg, seq.positions)
+    attn = layer_params["self_attn"]
+    return red.text_image_scores(
+        score_hidden, layer_params["input_layernorm"]["scale"].astype(text.dtype),
+        attn["q_proj"]["kernel"].astype(text.dtype), attn["k_proj"]["kernel"].astype(text.dtype),
+        seq.positions, seq.valid, qmask, image_start, num_image=num_image,
+        num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
+        rms_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, rope_inv_freq=inv_freq,
+        rope_attention_scaling=scaling, query_rows=query_rows)
+
+
 def drop_image_tokens(text: LlamaModel, layer_params: dict, seq, score_hidden, *, n_prev: int,
                       n_new: int, stage2, out_len: int, train: bool):
     """One boundary: rank `n_prev` image tokens with `layer_params`' q/k on `score_hidden`,
     keep `n_new`, gather `seq` into `out_len` slots. Returns (new seq, keep [B, n_new])."""
-    cfg = text.config
     image_start = jnp.where(seq.has_image, seq.image_start, -1)
     qmask = _query_mask(seq, image_start, n_prev, stage2.queries, train)
-    inv_freq, scaling = inv_freq_for(cfg, seq.positions)
-    attn = layer_params["self_attn"]
-    scores = red.text_image_scores(
-        score_hidden, layer_params["input_layernorm"]["scale"].astype(text.dtype),
-        attn["q_proj"]["kernel"].astype(text.dtype), attn["k_proj"]["kernel"].astype(text.dtype),
-        seq.positions, seq.valid, qmask, image_start, num_image=n_prev,
-        num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
-        rms_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, rope_inv_freq=inv_freq,
-        rope_attention_scaling=scaling,
-        # every query set starts at the last image row: score only that window
-        query_rows=seq.valid.shape[1] - n_prev + 1)
+    # every query set starts at the last image row: score only that window
+    scores = boundary_scores(text, layer_params, seq, score_hidden, qmask, image_start, n_prev,
+                             query_rows=seq.valid.shape[1] - n_prev + 1)
     keep = red.keep_top_image_tokens(scores, n_new)
     # A sample with no query row (training without an answer span) passes through.
     passthrough = ~jnp.any(qmask, axis=-1)

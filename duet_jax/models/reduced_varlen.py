@@ -28,8 +28,8 @@ import numpy as np
 from duet_jax import reduction as red
 from duet_jax.models.common import layer_at
 from duet_jax.models.llama import LlamaModel
-from duet_jax.models.reduced import _query_mask, check_scorable, run_segment, unreduced_run
-from duet_jax.models.rope import inv_freq_for
+from duet_jax.models.reduced import (_query_mask, boundary_scores, check_scorable, run_segment,
+                                     unreduced_run)
 
 
 def per_sample_counts(stage2, n0: Seq[int]) -> np.ndarray:
@@ -69,23 +69,14 @@ def _gather_map(keep, image_start, lengths, passthrough, n_prev, n_new, out_len:
 def drop_varlen(text: LlamaModel, layer_params: dict, seq, score_hidden, *, n_prev: np.ndarray,
                 n_new: np.ndarray, stage2, out_len: int, train: bool):
     """One boundary with per-sample counts. Returns (new seq, keep [B, max n_new])."""
-    cfg = text.config
     image_start = jnp.where(seq.has_image, seq.image_start, -1)
     qmask = _query_mask(seq, image_start, jnp.asarray(n_prev, jnp.int32)[:, None],
                         stage2.queries, train)
-    inv_freq, scaling = inv_freq_for(cfg, seq.positions)
-    attn = layer_params["self_attn"]
     width = int(n_prev.max())
     uniform = bool(np.all(n_prev == width))
-    scores = red.text_image_scores(
-        score_hidden, layer_params["input_layernorm"]["scale"].astype(text.dtype),
-        attn["q_proj"]["kernel"].astype(text.dtype), attn["k_proj"]["kernel"].astype(text.dtype),
-        seq.positions, seq.valid, qmask, image_start, num_image=width,
-        num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
-        rms_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, rope_inv_freq=inv_freq,
-        rope_attention_scaling=scaling,
-        # the last-image-row window starts at a per-sample row: only usable when uniform
-        query_rows=seq.valid.shape[1] - width + 1 if uniform else None)
+    # the last-image-row window starts at a per-sample row: only usable when uniform
+    scores = boundary_scores(text, layer_params, seq, score_hidden, qmask, image_start, width,
+                             query_rows=seq.valid.shape[1] - width + 1 if uniform else None)
     keep = _keep_per_sample(scores, n_prev, n_new)
     passthrough = ~jnp.any(qmask, axis=-1)
     src, valid = _gather_map(keep, image_start, seq.valid.sum(-1), passthrough, n_prev, n_new,
