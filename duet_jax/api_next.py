@@ -1,7 +1,13 @@
 """`duet_jax.load_llava(path)` for LLaVA-NeXT checkpoints: the same `.logits / .generate`
 handle as LLaVA-1.5 (`duet_jax.api.Llava`), with AnyRes pre-processing through
 transformers' `LlavaNextImageProcessorPil` (no square padding: the processor tiles the
-image itself) and one image-token block per image whose length is HF's count."""
+image itself) and one image-token block per image whose length is HF's count.
+
+Static shapes: the block layout depends on each image's size, so `encode` first
+snaps every image to a canonical size of its AnyRes pinpoint
+(`duet_jax.data.resolution_buckets`; `bucket=False` keeps the exact size), and
+`eval.py run` batches images of one canonical size together (`shape_key`): a
+benchmark compiles at most once per canonical size, not once per image."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +56,18 @@ class LlavaNext(Llava):
         from transformers import LlavaNextImageProcessorPil
         return LlavaNextImageProcessorPil.from_pretrained(self.path, local_files_only=True)
 
-    def encode(self, prompts: Sequence[str], images: Sequence) -> dict:
+    def bucket_size(self, height: int, width: int) -> tuple:
+        """(height, width) that `encode` resizes a `height x width` image to."""
+        from duet_jax.data.resolution_buckets import next_bucket_size
+        return next_bucket_size(height, width, self.config.image_grid_pinpoints)
+
+    def shape_key(self, image_path: str) -> tuple:
+        """The compile-relevant shape of an image file (its canonical size), from its header."""
+        from PIL import Image
+        with Image.open(image_path) as img:
+            return self.bucket_size(img.height, img.width)
+
+    def encode(self, prompts: Sequence[str], images: Sequence, *, bucket: bool = True) -> dict:
         """Messages + images (paths or PIL images; one per prompt) -> a right-padded batch.
 
         vicuna_v1 template as LLaVA-1.5, but tokenized as `LlavaNextProcessor` does: the
@@ -62,7 +79,10 @@ class LlavaNext(Llava):
         from duet_jax.data.tokenize import expand_image_placeholders, right_pad
         if len(prompts) != len(images) or any(im is None for im in images):
             raise ValueError("LLaVA-NeXT batches need exactly one image per prompt")
+        from duet_jax.data.resolution_buckets import resize
         pil = [load_image(im) if isinstance(im, str) else im.convert("RGB") for im in images]
+        if bucket:
+            pil = [resize(im, self.bucket_size(im.height, im.width)) for im in pil]
         enc = self.image_processor(images=pil, return_tensors="np")
         sizes = np.asarray(enc["image_sizes"])
         cfg, ids, fulls = self.config, [], []

@@ -6,6 +6,11 @@ and `Qwen2VLImageProcessorPil` (`return_tensors="np"`). `Qwen2_5_VLProcessor` it
 cannot be built without the torchvision video processor, so its one job on top of
 these, expanding each `<|image_pad|>` to `t*h*w / merge^2` copies, is done here.
 Reduction runs at batch 1 (ALGORITHM.md §2.6); `generate` loops over prompts.
+
+Static shapes: `encode` snaps each image to a resolution bucket
+(`duet_jax.data.resolution_buckets`, `bucket=False` keeps HF's exact grid) and
+`generate_ids` right-pads the prompt to a multiple of `length_bucket`, so a
+benchmark compiles once per (bucket, prompt-length bucket), not once per image.
 """
 from __future__ import annotations
 
@@ -74,16 +79,29 @@ class Qwen25VL:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         return Qwen2VLImageProcessorPil.from_pretrained(self.path, local_files_only=True)
 
-    def encode(self, prompt: str, image=None) -> dict:
+    def bucket_size(self, height: int, width: int) -> tuple:
+        """(height, width) in pixels that `encode` resizes a `height x width` image to."""
+        from duet_jax.data.resolution_buckets import qwen_bucket_size
+        proc = self.image_processor
+        return qwen_bucket_size(height, width, patch=proc.patch_size, merge=proc.merge_size,
+                                min_pixels=proc.size.shortest_edge,
+                                max_pixels=proc.size.longest_edge)
+
+    def encode(self, prompt: str, image=None, *, bucket: bool = True) -> dict:
         """One user message (+ optional image: path or PIL) -> input_ids [1, L],
-        pixel_values [N, patch_dim] or None, image_grid_thw [n, 3]."""
+        pixel_values [N, patch_dim] or None, image_grid_thw [n, 3]. `bucket`: snap
+        the image to its resolution bucket first (bounded compiles); False keeps
+        HF's exact `smart_resize` grid."""
         from PIL import Image
+        from duet_jax.data.resolution_buckets import resize
         content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": prompt}]
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                                   tokenize=False, add_generation_prompt=True)
         pixels, grid = None, np.zeros((0, 3), np.int64)
         if image is not None:
             image = Image.open(image).convert("RGB") if isinstance(image, str) else image
+            if bucket:
+                image = resize(image, self.bucket_size(image.height, image.width))
             out = self.image_processor(images=[image], return_tensors="np")
             pixels, grid = out["pixel_values"], out["image_grid_thw"]
             pad = "<|image_pad|>"
@@ -95,34 +113,41 @@ class Qwen25VL:
         ids = np.asarray([self.tokenizer(text, add_special_tokens=False)["input_ids"]], np.int64)
         return {"input_ids": ids, "pixel_values": pixels, "image_grid_thw": grid}
 
-    def generate_ids(self, input_ids, pixel_values, image_grid_thw, *, max_new_tokens: int = 128,
-                     reduction=None, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
-        """Token-level generation -> (tokens [B, T], lengths [B])."""
+    def generate_ids(self, input_ids, pixel_values, image_grid_thw, attention_mask=None, *,
+                     max_new_tokens: int = 128, reduction=None, temperature: float = 0.0,
+                     top_p: float = 1.0, seed: int = 0, length_bucket: int = 64):
+        """Token-level generation -> (tokens [B, T], lengths [B]). Prompts are
+        right-padded to a multiple of `length_bucket` (1: no padding)."""
+        from duet_jax.data.resolution_buckets import pad_length
         from duet_jax.generation.qwen_decode import generate_qwen
         ids = np.asarray(input_ids)
-        pos, nxt = rope_index(self.config, ids, image_grid_thw)
+        mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask, bool)
+        extra = pad_length(ids.shape[1], length_bucket) - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, extra)))
+        mask = np.pad(mask, ((0, 0), (0, extra)))
+        pos, nxt = rope_index(self.config, ids, image_grid_thw, mask)
         eos = self.config.text.eos_token_id
         out = generate_qwen(self.module, self.params, jnp.asarray(ids),
                             None if pixel_values is None else jnp.asarray(pixel_values),
                             _grids(image_grid_thw), jnp.asarray(pos), jnp.asarray(nxt),
-                            reduction=self.reduction(reduction), max_new_tokens=max_new_tokens,
+                            jnp.asarray(mask), reduction=self.reduction(reduction), max_new_tokens=max_new_tokens,
                             eos_id=-1 if eos is None else eos, temperature=temperature,
                             top_p=top_p, rng=jax.random.key(seed))
         return np.asarray(out.tokens), np.asarray(out.lengths)
 
     def generate(self, prompts: Sequence[str], images: Sequence, *, max_new_tokens: int = 128,
                  reduction=None, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0) -> list:
+                 seed: int = 0, bucket: bool = True, length_bucket: int = 64) -> list:
         """Decoded, stripped answers, one per prompt (each prompt runs at batch 1)."""
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
                              "(or None) per prompt")
         answers = []
         for prompt, image in zip(prompts, images):
-            batch = self.encode(prompt, image)
+            batch = self.encode(prompt, image, bucket=bucket)
             tokens, lengths = self.generate_ids(**batch, max_new_tokens=max_new_tokens,
                                                 reduction=reduction, temperature=temperature,
-                                                top_p=top_p, seed=seed)
+                                                top_p=top_p, seed=seed, length_bucket=length_bucket)
             answers.append(self.tokenizer.decode(tokens[0, :lengths[0]], skip_special_tokens=True).strip())
         return answers
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import duet_jax
+from duet_jax.data.resolution_buckets import resize
 from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
 from tests.helpers.tiny_next import SIZES, build_tiny_next_checkpoint, random_images
 
@@ -28,6 +29,8 @@ def test_load_encode_logits_generate_match_transformers(ckpt):
     hf = LlavaNextForConditionalGeneration.from_pretrained(ckpt, attn_implementation="eager").eval()
     answers = model.generate(prompts, images, max_new_tokens=5)
     for b, (p, im) in enumerate(zip(prompts, images)):
+        # encode snaps the image to its canonical size first; HF tiles that image alike
+        im = resize(im, model.bucket_size(im.height, im.width))
         enc = proc(text=build_eval_prompt(p), images=im, return_tensors="pt")
         n = int(batch["attention_mask"][b].sum())
         np.testing.assert_array_equal(batch["input_ids"][b, :n], enc["input_ids"][0].numpy())
@@ -56,3 +59,22 @@ def test_reduced_generation_and_bad_input(ckpt):
     with pytest.raises(ValueError, match="dominant"):
         model.logits(batch["input_ids"], batch["pixel_values"], reduction=ReductionConfig(
             "big", Stage1Config(17, 2), None))
+
+
+def test_images_of_one_canonical_size_share_one_program(ckpt):
+    from duet_jax.generation.decode import generate_tokens
+    model = duet_jax.load_llava(ckpt)
+    sizes = [(30, 150), (33, 160), (28, 145), (31, 152)]
+    assert len({model.bucket_size(*s) for s in sizes}) == 1
+    exact = model.encode(["a"] * 4, random_images(sizes), bucket=False)["pixel_values"].sizes
+    assert len(set(exact)) == 4                 # four programs without buckets
+    before = generate_tokens._cache_size()
+    for pair, prompt in ((sizes[:2], "What is it?"), (sizes[2:], "Describe the picture, please.")):
+        batch = model.encode([prompt] * 2, random_images(pair, seed=7))
+        assert len(set(batch["pixel_values"].sizes)) == 1
+        length = batch["input_ids"].shape[1]
+        assert length <= 256
+        batch = {k: (np.pad(v, ((0, 0), (0, 256 - length))) if getattr(v, "ndim", 0) == 2 else v)
+                 for k, v in batch.items()}      # eval.py's length bucket
+        model.generate_batch(batch, max_new_tokens=7)
+    assert generate_tokens._cache_size() - before == 1

@@ -64,3 +64,35 @@ def test_presets_run_and_bad_reduction_is_a_clear_error(saved):
         assert isinstance(model.generate(["Hi"], [images()[0]], max_new_tokens=3, reduction=name)[0], str)
     with pytest.raises(ValueError, match="no CLS"):
         model.logits(*model.encode("x", images()[0]).values(), reduction="llava15-duet-192")
+
+
+TINY_DUET = {"name": "t", "stage1": {"dominant": 6, "contextual": 2, "cls_token": False},
+             "stage2": {"layers": [1, 2], "ratios": [0.5, 0.25], "positions": "keep"}}
+
+
+def test_bucketed_images_and_padded_prompts_share_one_program(saved):
+    from duet_jax.generation.qwen_decode import generate_qwen
+    _, path = saved
+    model = duet_jax.load_qwen25vl(path)
+    sizes = ((90, 130), (84, 170), (80, 150))
+    exact = {tuple(model.encode("x", im, bucket=False)["image_grid_thw"][0])
+             for im in images(sizes)}
+    assert len(exact) == 2                    # two grids, two programs without buckets
+    assert len({model.bucket_size(*s) for s in sizes}) == 1
+    prompts = ["Hi", "What is in the picture?", "Describe it."]
+    before = generate_qwen._cache_size()
+    for red in (None, TINY_DUET):
+        model.generate(prompts, images(sizes), max_new_tokens=5, reduction=red)
+    assert generate_qwen._cache_size() - before == 2          # one per reduction
+
+
+@pytest.mark.parametrize("red", [None, TINY_DUET])
+def test_prompt_padding_does_not_change_the_answer(saved, red):
+    _, path = saved
+    model = duet_jax.load_qwen25vl(path)
+    batch = model.encode("What is in the picture?", images(seed=5)[0])
+    exact, n = model.generate_ids(**batch, max_new_tokens=6, reduction=red, length_bucket=1)
+    padded, m = model.generate_ids(**batch, max_new_tokens=6, reduction=red, length_bucket=64)
+    assert batch["input_ids"].shape[1] % 64 != 0
+    np.testing.assert_array_equal(exact, padded)
+    np.testing.assert_array_equal(n, m)

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import answer_file, media
 from .questions import (DEFAULT_MAX_NEW_TOKENS, AnswerWriter, Question, answer_record,
-                        build_prompt, clean_output, load_questions)
+                        build_prompt, clean_output, load_questions, resolve_image_path)
 from .scoring.common import ScoreError
 
 BENCHMARKS = ("pope", "textvqa", "gqa", "mme", "sqa", "seed", "video")   # eval.py order
@@ -121,12 +121,18 @@ def answer_id(spec: RunSpec, index: int) -> str:
     return hashlib.sha1(seed.encode()).hexdigest()[:22]
 
 
-def plan_batches(questions: list[Question], pending: list[int], batch_size: int) -> list[list[int]]:
+def plan_batches(questions: list[Question], pending: list[int], batch_size: int,
+                 shape_key=None) -> list[list[int]]:
     """Consecutive pending questions, image and text-only kept apart, in order of
-    each batch's first question."""
-    streams: dict = {True: [], False: []}
+    each batch's first question. `shape_key(question)`: image questions with
+    different keys (LLaVA-NeXT's canonical sizes) never share a batch, so every
+    batch has one static shape."""
+    streams: dict = {}
     for i in pending:
-        streams[questions[i].image is not None].append(i)
+        key = questions[i].image is not None
+        if key and shape_key is not None:
+            key = shape_key(questions[i])
+        streams.setdefault(key, []).append(i)
     batches = [s[k:k + batch_size] for s in streams.values() for k in range(0, len(s), batch_size)]
     return sorted(batches, key=lambda b: b[0])
 
@@ -217,7 +223,10 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
             model.reduction(spec.reduction)
         except ValueError as e:
             raise ScoreError(f"--reduction {spec.reduction_name}: {e}") from None
-    batches = plan_batches(questions, pending, spec.batch_size)
+    shape_key = None
+    if hasattr(model, "shape_key"):
+        shape_key = lambda q: model.shape_key(resolve_image_path(spec.images, q))  # noqa: E731
+    batches = plan_batches(questions, pending, spec.batch_size, shape_key)
     writer = AnswerWriter(spec.answers, append=True)
     tokens = 0
     start = time.perf_counter()

@@ -83,7 +83,8 @@ def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict
     from duet_jax.miniature.tower import pretrain_tower
     runs = os.path.join(_abs(cfg.workdir), "runs")
     config = _abs(CONFIGS["pretrain"])
-    data_id = training.digest(dataclasses.asdict(cfg.data))
+    # The tower sees the training scenes, not their questions.
+    data_id = training.digest({"seed": cfg.data.seed, "train_images": cfg.data.train_images})
     tower_dir = os.path.join(runs, "tower")
     tcfg = dataclasses.replace(cfg.tower, data_seed=cfg.data.seed,
                                images=min(cfg.tower.images, cfg.data.train_images))

@@ -140,9 +140,10 @@ GQA_MAKERS = {"colour": colour_question, "shape": shape_question, "count": count
 
 def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) -> List[QA]:
     """Up to `per_family` questions of each family the scene can carry (existence:
-    that many Yes and that many No), duplicates removed, in random order: one
-    multi-turn LLaVA record. The 576 image tokens dominate a sample's cost, so
-    many answers per image make training far cheaper per supervised answer."""
+    that many Yes and that many No), duplicates removed: one multi-turn LLaVA
+    record, existence and reading first, GQA next, the caption last (shuffled
+    inside each group). The 576 image tokens dominate a sample's cost, so many
+    answers per image make training far cheaper per supervised answer."""
     out = []
     for _ in range(per_family):
         out.append(pope_question(scene, rng, True, "random"))
@@ -156,7 +157,14 @@ def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) ->
             unique.setdefault(qa.question, qa)
     out = list(unique.values())
     rng.shuffle(out)
-    return out
+    # Turn order inside one training record. A later turn can be answered by copying
+    # an earlier one instead of reading the picture ("What colour is the square?
+    # blue" gives away "Is there a blue square?", the caption gives away all of
+    # them), and a small LM learns that shortcut first. So the existence and reading
+    # questions, which name one object each and reveal nothing about another, come
+    # first (group 0); the GQA questions next; the caption, which lists everything, last.
+    group = {"pope": 0, "read": 0, "caption": 2}
+    return sorted(out, key=lambda qa: group.get(qa.kind, 1))
 
 
 def follow_up_text(qa: QA) -> str:

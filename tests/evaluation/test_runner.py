@@ -250,6 +250,10 @@ def test_batches_keep_order_and_never_mix_text_only_with_images():
     for b in batches:
         assert len({images[i] for i in b}) == 1 and b == sorted(b) and len(b) <= 2
     assert batches == [[0, 2], [1, 4], [5], [6, 7]]
+    # a shape key (LLaVA-NeXT's canonical image size) splits image batches further
+    shape = {0: "a", 2: "b", 3: "a", 6: "a", 7: "b"}
+    batches = runner.plan_batches(questions, pending, 2, lambda q: shape[int(q.question_id)])
+    assert batches == [[0, 6], [1, 4], [2, 7], [5]]
 
 
 def test_video_frames_from_a_folder_and_clear_errors(tmp_path, capsys):
