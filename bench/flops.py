@@ -10,6 +10,27 @@ def _layer(t: int, d: int, attn_out: int, qkv_out: int, mlp: int, n_mlp_mats: in
     return linear + attention
 
 
+def lm_flops(t, n0: int, text_tokens: int, reduction=None, score_all_rows: bool = False):
+    """(LM layers, Stage-2 scoring) FLOPs of a Llama-style LM (GQA projections) whose
+    image block shrinks n0 -> stage2.image_counts(n0) at the Stage-2 boundaries.
+    Scoring: q for the query window (last image row onwards; every row when
+    `score_all_rows`), k for every row, against the full square."""
+    hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    counts, bounds = [n0], [0, t.num_hidden_layers]
+    if reduction is not None and reduction.stage2 is not None:
+        counts = reduction.stage2.image_counts(n0)
+        bounds = [0, *reduction.stage2.layers, t.num_hidden_layers]
+    lm = scoring = 0.0
+    for s in range(len(bounds) - 1):
+        length = text_tokens + counts[s]
+        lm += (bounds[s + 1] - bounds[s]) * _layer(length, t.hidden_size, hq, hq + 2 * hkv,
+                                                   t.intermediate_size, 3)
+        if s < len(bounds) - 2:
+            rows = length if score_all_rows else length - counts[s] + 1
+            scoring += 2 * t.hidden_size * (rows * hq + length * hkv) + 2 * rows * length * hq
+    return lm, scoring
+
+
 def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None, crops: int = 1) -> dict:
     """FLOPs of CLIP (to the feature layer), projector, LM layers, Stage-2 scoring and
     the last-token head, for one sample with `text_tokens` text tokens. `crops`: CLIP
@@ -26,20 +47,7 @@ def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None, crops: int
         n0 = reduction.stage1.output_size(v.num_patches)
     n0 *= crops
     proj = 2 * n0 * (v.hidden_size + t.hidden_size) * t.hidden_size
-    hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-    counts, bounds = [n0], [0, t.num_hidden_layers]
-    if reduction is not None and reduction.stage2 is not None:
-        counts = reduction.stage2.image_counts(n0)
-        bounds = [0, *reduction.stage2.layers, t.num_hidden_layers]
-    lm = scoring = 0.0
-    for s in range(len(bounds) - 1):
-        length = text_tokens + counts[s]
-        lm += (bounds[s + 1] - bounds[s]) * _layer(length, t.hidden_size, hq, hq + 2 * hkv,
-                                                   t.intermediate_size, 3)
-        if s < len(bounds) - 2:
-            # q for the query window (last image row onwards), k for every row
-            rows = length - counts[s] + 1
-            scoring += 2 * t.hidden_size * (rows * hq + length * hkv) + 2 * rows * length * hq
+    lm, scoring = lm_flops(t, n0, text_tokens, reduction)
     head = 2 * t.hidden_size * t.vocab_size
     total = clip + proj + lm + scoring + head
     return {"clip": clip, "projector": proj, "lm": lm, "scoring": scoring, "head": head,

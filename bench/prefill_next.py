@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import print_table, time_round_robin, write_json
-from bench.flops import _layer
+from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
 from duet_jax.models.config import TextConfig, VisionConfig
@@ -61,19 +61,7 @@ def next_prefill_flops(cfg: LlavaNextConfig, size, text_tokens: int, reduction=N
     else:
         n0, projected = anyres.num_image_tokens(cfg, size), crops * v.num_patches
     proj = 2 * projected * (v.hidden_size + t.hidden_size) * t.hidden_size
-    hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-    counts, bounds = [n0], [0, t.num_hidden_layers]
-    if reduction is not None and reduction.stage2 is not None:
-        counts, bounds = reduction.stage2.image_counts(n0), [0, *reduction.stage2.layers,
-                                                             t.num_hidden_layers]
-    lm = scoring = 0.0
-    for s in range(len(bounds) - 1):
-        length = text_tokens + counts[s]
-        lm += (bounds[s + 1] - bounds[s]) * _layer(length, t.hidden_size, hq, hq + 2 * hkv,
-                                                   t.intermediate_size, 3)
-        if s < len(bounds) - 2:
-            rows = length - counts[s] + 1
-            scoring += 2 * t.hidden_size * (rows * hq + length * hkv) + 2 * rows * length * hq
+    lm, scoring = lm_flops(t, n0, text_tokens, reduction)
     return clip + proj + lm + scoring + 2 * t.hidden_size * t.vocab_size
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import print_table, time_round_robin, write_json
+from bench.flops import lm_flops
 from duet_jax.checkpoints.qwen25vl import load_qwen_params
 from duet_jax.models.qwen25vl import Qwen25VLModel, rope_index
 from duet_jax.models.qwen25vl_reduced import reduced_forward
@@ -79,19 +80,7 @@ def prefill_flops(cfg, grid, text_tokens: int, reduction=None) -> dict:
     s1 = reduction.stage1 if reduction is not None else None
     n0 = s1.output_size(tokens) if s1 else tokens
     stage1 = (2 * n * v.hidden_size * 2 * v.hidden_size + 2 * n * n * v.hidden_size) if s1 else 0.0
-    hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-    counts, bounds = [n0], [0, t.num_hidden_layers]
-    if reduction is not None and reduction.stage2 is not None:
-        counts = reduction.stage2.image_counts(n0)
-        bounds = [0, *reduction.stage2.layers, t.num_hidden_layers]
-    lm = scoring = 0.0
-    for s in range(len(bounds) - 1):
-        length = text_tokens + counts[s]
-        per = 2 * length * t.hidden_size * (2 * hq + 2 * hkv) + 6 * length * t.hidden_size * \
-            t.intermediate_size + 4 * length * length * hq
-        lm += (bounds[s + 1] - bounds[s]) * per
-        if s < len(bounds) - 2:
-            scoring += 2 * length * t.hidden_size * (hq + hkv) + 2 * length * length * hq
+    lm, scoring = lm_flops(t, n0, text_tokens, reduction, score_all_rows=True)
     head = 2 * t.hidden_size * t.vocab_size
     total = vit + merger + stage1 + lm + scoring + head
     return {"vit": vit, "merger": merger, "stage1": stage1, "lm": lm, "scoring": scoring,

@@ -33,31 +33,24 @@ def _logits(module, params, input_ids, pixel_values, attention_mask, reduction,
     return logits, seq.valid
 
 
+def image_logits(module, params, input_ids, pixels, attention_mask, reduction):
+    """[B, L', V] logits of a right-padded batch (`attention_mask` None: no padding)."""
+    if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    every = bool(np.all(np.asarray(input_ids == module.config.image_token_index).any(1)))
+    logits, _ = _logits(module, params, input_ids, pixels, jnp.asarray(attention_mask),
+                        reduction, every)
+    return logits
+
+
 @dataclasses.dataclass(frozen=True)
-class Llava:
-    """A thin, frozen container: config + pure module + params (+ pre-processing)."""
-    config: LlavaConfig
-    module: LlavaModel
+class Handle:
+    """What every model handle is: a thin, frozen container of config + pure module +
+    params, and the directory its tokenizer and image processor load from."""
+    config: Any
+    module: Any
     params: Any
     path: Optional[str] = None
-
-    def reduction(self, reduction: Union[None, str, ReductionConfig]) -> Optional[ReductionConfig]:
-        """Resolves a preset name / config and checks it fits this model."""
-        red = resolve_reduction(reduction)
-        if red is not None:
-            red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers)
-        return red
-
-    def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None):
-        """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
-        input_ids = jnp.asarray(input_ids)
-        self.module.check_inputs(input_ids, pixel_values)
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        every = bool(np.all(np.asarray(input_ids == self.config.image_token_index).any(1)))
-        logits, _ = _logits(self.module, self.params, input_ids, jnp.asarray(pixel_values),
-                            jnp.asarray(attention_mask), self.reduction(reduction), every)
-        return logits
 
     @functools.cached_property
     def tokenizer(self):
@@ -70,6 +63,27 @@ class Llava:
     def image_processor(self):
         from duet_jax.data.images import load_image_processor
         return load_image_processor(self.path, image_size=self.config.vision.image_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Llava(Handle):
+    """The LLaVA-1.5 handle (pre-processing: vicuna_v1 prompts, square-padded CLIP images)."""
+    config: LlavaConfig
+    module: LlavaModel
+
+    def reduction(self, reduction: Union[None, str, ReductionConfig]) -> Optional[ReductionConfig]:
+        """Resolves a preset name / config and checks it fits this model."""
+        red = resolve_reduction(reduction)
+        if red is not None:
+            red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers)
+        return red
+
+    def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None):
+        """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
+        input_ids = jnp.asarray(input_ids)
+        self.module.check_inputs(input_ids, pixel_values)
+        return image_logits(self.module, self.params, input_ids, jnp.asarray(pixel_values),
+                            attention_mask, self.reduction(reduction))
 
     def encode(self, prompts: Sequence[str], images: Sequence) -> dict:
         """User messages + images (paths, PIL images or None) -> a right-padded batch.

@@ -18,12 +18,13 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from duet_jax.api import Handle
 from duet_jax.models.qwen25vl import Qwen25VLConfig, Qwen25VLModel, rope_index
 from duet_jax.reduction import ReductionConfig, resolve_reduction
 
@@ -35,12 +36,10 @@ def _grids(image_grid_thw) -> tuple:
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen25VL:
-    """Frozen container: config + pure module + params (+ tokenizer / image processor)."""
+class Qwen25VL(Handle):
+    """The Qwen2.5-VL handle (Qwen's chat template and its own image processor)."""
     config: Qwen25VLConfig
     module: Qwen25VLModel
-    params: Any
-    path: Optional[str] = None
 
     def reduction(self, reduction: Union[None, str, ReductionConfig]) -> Optional[ReductionConfig]:
         red = resolve_reduction(reduction)
@@ -66,13 +65,6 @@ class Qwen25VL:
                                    _grids(image_grid_thw), jnp.asarray(pos), mask,
                                    self.reduction(reduction))
         return logits
-
-    @functools.cached_property
-    def tokenizer(self):
-        from transformers import AutoTokenizer
-        if self.path is None:
-            raise ValueError("this model was not loaded from a directory; pass token ids")
-        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
 
     @functools.cached_property
     def image_processor(self):

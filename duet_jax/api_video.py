@@ -17,14 +17,14 @@ normalisation, no padding, as `VideoLlavaImageProcessor` / the video processor d
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from duet_jax.api import Handle, image_logits
 from duet_jax.models.video_llava import VideoLlavaConfig, VideoLlavaModel, view_params
 
 SYSTEM_LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. "
@@ -72,12 +72,10 @@ def load_frames(video, num_frames: int) -> list:
 
 
 @dataclasses.dataclass(frozen=True)
-class VideoLlava:
-    """A thin, frozen container: config + pure module + params (+ pre-processing)."""
+class VideoLlava(Handle):
+    """The Video-LLaVA handle: images and 8-frame videos, each through its own tower."""
     config: VideoLlavaConfig
     module: VideoLlavaModel
-    params: Any
-    path: Optional[str] = None
 
     def reduction(self, reduction, media: str = "video"):
         """Resolves a preset name / config and checks it fits this model (per frame for video)."""
@@ -101,29 +99,12 @@ class VideoLlava:
     def logits(self, input_ids, pixel_values=None, attention_mask=None, reduction=None, *,
                pixel_values_videos=None):
         """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
-        from duet_jax.api import _logits
         input_ids = jnp.asarray(input_ids)
         media, pixels = self._media(input_ids, pixel_values, pixel_values_videos)
         view = self.module.view(media)
         view.check_inputs(input_ids, pixels)
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        every = bool(np.all(np.asarray(input_ids == view.config.image_token_index).any(1)))
-        logits, _ = _logits(view, view_params(self.params, media), input_ids, pixels,
-                            jnp.asarray(attention_mask), self.reduction(reduction, media), every)
-        return logits
-
-    @functools.cached_property
-    def tokenizer(self):
-        from transformers import AutoTokenizer
-        if self.path is None:
-            raise ValueError("this model was not loaded from a directory; pass a tokenizer")
-        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-
-    @functools.cached_property
-    def image_processor(self):
-        from duet_jax.data.images import load_image_processor
-        return load_image_processor(self.path, image_size=self.config.vision.image_size)
+        return image_logits(view, view_params(self.params, media), input_ids, pixels,
+                            attention_mask, self.reduction(reduction, media))
 
     def _pixels(self, image) -> np.ndarray:
         """One image or frame -> [3, H, W] float32: resize, centre crop, normalise, no padding."""

@@ -14,7 +14,7 @@ from duet_jax.models.llava_next import LlavaNextModel, NextImages
 from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
 from tests.helpers.tiny_hf import jax_params
 from tests.helpers.tiny_next import SIZES, hf_image_token_counts, next_batch, tiny_llava_next
-from tests.models.test_reduced_forward import _hf_image_scores, _run_layers
+from tests.models.test_reduced_forward import reference_language_model
 from tests.reduction import oracle
 
 REDUCTIONS = {
@@ -78,30 +78,8 @@ def _reference(hf, model, params, ids, feats, length, prompt_len, red, salient):
     salient = np.concatenate([salient[:start], np.zeros(len(feats), bool),
                               salient[start + n_ids:length]])
     prompt_len -= n_ids - len(feats)
-    s2 = red.stage2
-    counts = s2.image_counts(len(feats)) if s2 else [len(feats)]
-    bounds = [0, *(s2.layers if s2 else ()), cfg.text.num_hidden_layers]
-    positions = np.arange(len(h))
-    for s in range(len(bounds) - 1):
-        lo, hi = bounds[s], bounds[s + 1]
-        fastv = s2 is not None and s2.method == "fastv" and s < len(bounds) - 2
-        run = lambda x, a, b: np.asarray(_run_layers(model.text, params["text"], x, positions, a, b))
-        h_pre = run(h, lo, hi - 1) if fastv else None
-        h = run(h_pre, hi - 1, hi) if fastv else run(h, lo, hi)
-        if s == len(bounds) - 2 or counts[s] == 0:
-            continue
-        rows = np.arange(len(h))
-        after = rows[(rows >= start + counts[s]) & (rows < prompt_len)]
-        queries = {"all": after, "last": np.array([prompt_len - 1]),
-                   "salient": np.union1d(after[salient[after]], [prompt_len - 1])}[s2.queries]
-        score = _hf_image_scores(hf, hi - 1 if fastv else hi, h_pre if fastv else h, start,
-                                 counts[s], queries, positions)
-        keep = np.sort(np.argsort(-score, kind="stable")[:counts[s + 1]])
-        take = np.concatenate([rows[:start], start + keep, rows[start + counts[s]:]])
-        h, salient = h[take], salient[take]
-        positions = positions[take] if s2.positions == "keep" else np.arange(len(take))
-        prompt_len -= counts[s] - counts[s + 1]
-    return np.asarray(model.text.head(params["text"], jnp.asarray(h)[None]))[0]
+    return reference_language_model(hf, model, params, h, start, len(feats), prompt_len, red,
+                                    salient)
 
 
 @pytest.fixture(scope="module")

@@ -74,24 +74,13 @@ def _hf_image_features(hf, pixels, stage1):
         return hf.model.multi_modal_projector(feats)[0].numpy()
 
 
-def _reference(hf, model, params, ids, pixels, length, prompt_len, red, salient, feats=None):
-    """Batch-1, unpadded, explicit gathers; returns logits of the final sequence.
-
-    feats: the image block's features [K, Dt] (default: HF CLIP + oracle Stage 1 on
-    `pixels`); other families (Video-LLaVA) pass their own HF-built block."""
+def reference_language_model(hf, model, params, h, start, n_img, prompt_len, red, salient):
+    """Stage 2 by explicit gathers on one unpadded sequence h [L, D] whose image block
+    of n_img rows starts at `start`, ranked with HF's eager attention; returns the
+    logits [L', V] of the final sequence."""
     cfg = model.config
-    ids = ids[None, :length]
-    if feats is None:
-        feats = _hf_image_features(hf, pixels[None], red.stage1)
-    start = int(np.argmax(ids[0] == cfg.image_token_index))
-    emb = np.asarray(model.text.embed(params["text"], ids))[0]
-    h = np.concatenate([emb[:start], feats, emb[start + cfg.image_seq_length:]])
-    salient = np.concatenate([salient[:start], np.zeros(len(feats), bool),
-                              salient[start + cfg.image_seq_length:length]])
-    prompt_len = prompt_len - (cfg.image_seq_length - len(feats))
-    n = len(feats)
     s2 = red.stage2
-    counts = s2.image_counts(n) if s2 else [n]
+    counts = s2.image_counts(n_img) if s2 else [n_img]
     bounds = [0, *(s2.layers if s2 else ()), cfg.text.num_hidden_layers]
     positions = np.arange(len(h))
     for s in range(len(bounds) - 1):
@@ -115,6 +104,25 @@ def _reference(hf, model, params, ids, pixels, length, prompt_len, red, salient,
         positions = positions[take] if s2.positions == "keep" else np.arange(len(take))
         prompt_len -= counts[s] - counts[s + 1]
     return np.asarray(model.text.head(params["text"], jnp.asarray(h)[None]))[0]
+
+
+def _reference(hf, model, params, ids, pixels, length, prompt_len, red, salient, feats=None):
+    """Batch-1, unpadded, explicit gathers; returns logits of the final sequence.
+
+    feats: the image block's features [K, Dt] (default: HF CLIP + oracle Stage 1 on
+    `pixels`); other families (Video-LLaVA) pass their own HF-built block."""
+    cfg = model.config
+    ids = ids[None, :length]
+    if feats is None:
+        feats = _hf_image_features(hf, pixels[None], red.stage1)
+    start = int(np.argmax(ids[0] == cfg.image_token_index))
+    emb = np.asarray(model.text.embed(params["text"], ids))[0]
+    h = np.concatenate([emb[:start], feats, emb[start + cfg.image_seq_length:]])
+    salient = np.concatenate([salient[:start], np.zeros(len(feats), bool),
+                              salient[start + cfg.image_seq_length:length]])
+    prompt_len = prompt_len - (cfg.image_seq_length - len(feats))
+    return reference_language_model(hf, model, params, h, start, len(feats), prompt_len, red,
+                                    salient)
 
 
 @pytest.mark.parametrize("name", sorted(REDUCTIONS))
