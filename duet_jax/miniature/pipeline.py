@@ -78,6 +78,11 @@ def _stage_log(name: str, r: dict, log) -> None:
     log(f"  {name}: {steps} steps{step} ({what})")
 
 
+def questions_id(cfg: PipelineConfig) -> str:
+    """The training data's identity: a training stage reruns when its questions change."""
+    return training.digest(dataclasses.asdict(cfg.data))
+
+
 def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict:
     """Stage 0 (tower) + stage 1 (train.py, tower frozen) from scratch, both cached."""
     from duet_jax.miniature.tower import pretrain_tower
@@ -100,7 +105,7 @@ def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict
                                   data + [f"model.checkpoint={tower['final']}"]
                                   + list(cfg.pretrain_overrides), log=log,
                                   quiet=cfg.quiet_training, in_process=cfg.in_process,
-                                  upstream=tower["digest"])
+                                  upstream=training.digest([tower["digest"], questions_id(cfg)]))
     _stage_log("pretrain", pretrain, log)
     return pretrain
 
@@ -125,7 +130,8 @@ def train_all(cfg: PipelineConfig, data_dir: str, log) -> dict:
         out[stage] = training.run_stage(_abs(CONFIGS[stage]), os.path.join(runs, stage),
                                         data + ckpt + list(cfg.finetune_overrides), log=log,
                                         quiet=cfg.quiet_training, in_process=cfg.in_process,
-                                        upstream=out["pretrain"]["digest"])
+                                        upstream=training.digest([out["pretrain"]["digest"],
+                                                                  questions_id(cfg)]))
         _stage_log(stage, out[stage], log)
     return out
 

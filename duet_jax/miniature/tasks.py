@@ -2,11 +2,13 @@
 
 Three families, mirroring the paper's benchmarks (EVAL.md §1-3):
 
-* POPE-style existence: "Is there a red circle in the image?" Yes/No. The
-  absent object of a "No" question is drawn per POPE split: ``random`` (any
-  absent colour + shape), ``popular`` (an absent pair whose colour is in the
-  picture) and ``adversarial`` (colour and shape both in the picture, never
-  together: only binding them answers it).
+* POPE-style existence: "Is there a triangle in the image?", "Is there a
+  letter K in the image?" Yes/No, over the 12 object categories (4 shapes, 8
+  letters), as POPE asks about COCO categories. The absent object of a "No"
+  question is drawn per POPE split: ``random`` (any absent category),
+  ``popular`` (an absent shape: shapes are the frequent categories, as POPE
+  takes the most frequent COCO objects) and ``adversarial`` (an absent
+  look-alike of an object in the picture, POPE's co-occurrence stand-in).
 * GQA-style short answers: colour, shape, count and left/right questions.
 * TextVQA-style reading: "What letter is written in blue?" with the two
   letters of the picture as the "Reference OCR token" hint (sorted), so the
@@ -40,34 +42,46 @@ def _short(question: str) -> str:
     return f"{question}\n{SHORT}"
 
 
-def absent_object(scene: Scene, split: str, rng: random.Random):
-    """(colour, shape) not in the scene, drawn as POPE split `split` draws negatives.
+# Look-alike categories, for the adversarial split (similar outline / strokes).
+LOOKALIKE = {"circle": ("diamond",), "square": ("diamond",), "diamond": ("square", "triangle"),
+             "triangle": ("diamond",), "letter A": ("letter R",), "letter R": ("letter A",),
+             "letter E": ("letter H",), "letter H": ("letter E", "letter K"),
+             "letter K": ("letter X", "letter H"), "letter X": ("letter K",),
+             "letter M": ("letter T",), "letter T": ("letter M",)}
+OBJECTS = tuple(LOOKALIKE)      # the 12 POPE categories
+
+
+def present_objects(scene: Scene) -> list:
+    """The POPE categories in the picture, in a fixed order."""
+    names = {t.kind for t in scene.shapes} | {f"letter {t.letter}" for t in scene.letters}
+    return [o for o in OBJECTS if o in names]
+
+
+def absent_object(scene: Scene, split: str, rng: random.Random) -> str:
+    """A category not in the scene, drawn as POPE split `split` draws negatives.
 
     Falls back to the next easier split when the scene cannot host the harder one
     (adversarial -> popular -> random).
     """
-    absent = [(c, s) for c in COLORS for s in SHAPES if not scene.has(c, s)]
-    colours = {t.color for t in scene.shapes}
-    kinds = {t.kind for t in scene.shapes}
-    pools = {"adversarial": [p for p in absent if p[0] in colours and p[1] in kinds],
-             "popular": [p for p in absent if p[0] in colours],
+    present = present_objects(scene)
+    absent = [o for o in OBJECTS if o not in present]
+    alike = {a for o in present for a in LOOKALIKE[o]}
+    pools = {"adversarial": [o for o in absent if o in alike],
+             "popular": [o for o in absent if not o.startswith("letter")],
              "random": absent}
     order = POPE_SPLITS[POPE_SPLITS.index(split):]
     for name in order:
         if pools[name]:
             return rng.choice(pools[name])
-    raise ValueError("a scene with every colour-shape pair has no absent object")
+    raise ValueError("a scene with every object category has no absent object")
 
 
 def pope_question(scene: Scene, rng: random.Random, positive: bool, split: str) -> Optional[QA]:
-    if not scene.shapes:
+    present = present_objects(scene)
+    if not present:
         return None
-    if positive:
-        thing = rng.choice(scene.shapes)
-        colour, shape = thing.color, thing.kind
-    else:
-        colour, shape = absent_object(scene, split, rng)
-    question = f"Is there a {colour} {shape} in the image?"
+    thing = rng.choice(present) if positive else absent_object(scene, split, rng)
+    question = f"Is there a {thing} in the image?"
     return QA("pope", question, "Yes" if positive else "No", _short(question), split)
 
 
@@ -141,7 +155,7 @@ GQA_MAKERS = {"colour": colour_question, "shape": shape_question, "count": count
 def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) -> List[QA]:
     """Up to `per_family` questions of each family the scene can carry (existence:
     that many Yes and that many No), duplicates removed: one multi-turn LLaVA
-    record, existence and reading first, GQA next, the caption last (shuffled
+    record: existence first, then reading, GQA, and the caption last (shuffled
     inside each group). The 576 image tokens dominate a sample's cost, so many
     answers per image make training far cheaper per supervised answer."""
     out = []
@@ -159,12 +173,12 @@ def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) ->
     rng.shuffle(out)
     # Turn order inside one training record. A later turn can be answered by copying
     # an earlier one instead of reading the picture ("What colour is the square?
-    # blue" gives away "Is there a blue square?", the caption gives away all of
-    # them), and a small LM learns that shortcut first. So the existence and reading
-    # questions, which name one object each and reveal nothing about another, come
-    # first (group 0); the GQA questions next; the caption, which lists everything, last.
-    group = {"pope": 0, "read": 0, "caption": 2}
-    return sorted(out, key=lambda qa: group.get(qa.kind, 1))
+    # blue" gives away that there is a square, a TextVQA OCR line names the
+    # letters, the caption names everything), and a small LM learns that shortcut
+    # first. So the existence questions come first, then the reading, then GQA,
+    # and the caption, which lists everything, last.
+    group = {"pope": 0, "read": 1, "caption": 3}
+    return sorted(out, key=lambda qa: group.get(qa.kind, 2))
 
 
 def follow_up_text(qa: QA) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from duet_jax.miniature import tasks
 from duet_jax.miniature.dataset import DataConfig, eval_paths, generate
-from duet_jax.miniature.scenes import COLORS, label_map, make_scene, rng_for
+from duet_jax.miniature.scenes import COLORS, SHAPES, label_map, make_scene, rng_for
 from duet_jax.miniature.tower import patch_labels
 
 TOY = DataConfig(seed=3, train_images=6, val_pope_per_split=2, val_textvqa=2, val_gqa=4,
@@ -64,17 +64,20 @@ def test_questions_agree_with_the_scene():
     for index in range(60):
         _, scene = make_scene(1, "val", index)
         rng = rng_for(1, "q", index)
+        present = tasks.present_objects(scene)
         for split in tasks.POPE_SPLITS:
             qa = tasks.pope_question(scene, rng, False, split)
-            colour, shape = qa.question.split()[3:5]
-            assert qa.answer == "No" and not scene.has(colour, shape)
-            if split == "adversarial" and qa.category == "adversarial":
-                pool = [(c, s) for c in COLORS for s in ("circle", "square", "triangle", "diamond")
-                        if not scene.has(c, s) and c in {t.color for t in scene.shapes}
-                        and s in {t.kind for t in scene.shapes}]
-                assert not pool or (colour, shape) in pool
+            thing = qa.question[len("Is there a "):-len(" in the image?")]
+            assert qa.answer == "No" and thing in tasks.OBJECTS and thing not in present
+            alike = {a for o in present for a in tasks.LOOKALIKE[o]} - set(present)
+            if split == "adversarial" and alike:
+                assert thing in alike
+            if split == "popular" and any(s not in present for s in SHAPES):
+                assert not thing.startswith("letter")
         qa = tasks.pope_question(scene, rng, True, "random")
-        assert qa.answer == "Yes" and scene.has(*qa.question.split()[3:5])
+        thing = qa.question[len("Is there a "):-len(" in the image?")]
+        assert qa.answer == "Yes" and thing in present
+        assert any(t.kind == thing or f"letter {t.letter}" == thing for t in scene.objects)
         qa = tasks.count_question(scene, rng)
         assert int(qa.answer) == scene.count(qa.question.split()[2][:-1])
         qa = tasks.read_question(scene, rng)
