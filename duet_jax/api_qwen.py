@@ -5,7 +5,9 @@ template (Qwen's `<|im_start|>` format with `<|vision_start|><|image_pad|><|visi
 and `Qwen2VLImageProcessorPil` (`return_tensors="np"`). `Qwen2_5_VLProcessor` itself
 cannot be built without the torchvision video processor, so its one job on top of
 these, expanding each `<|image_pad|>` to `t*h*w / merge^2` copies, is done here.
-Reduction runs at batch 1 (ALGORITHM.md §2.6); `generate` loops over prompts.
+Reduction runs on batches whose samples hold one image each, all of one grid
+(the official code: batch 1, ALGORITHM.md §2.6); `generate` batches the prompts
+of one resolution bucket.
 
 Static shapes: `encode` snaps each image to a resolution bucket
 (`duet_jax.data.resolution_buckets`, `bucket=False` keeps HF's exact grid) and
@@ -55,7 +57,8 @@ class Qwen25VL(Handle):
         return red
 
     def logits(self, input_ids, pixel_values, image_grid_thw, attention_mask=None, reduction=None):
-        """[B, L', V] float32 (L' = reduced length; reduction needs batch 1)."""
+        """[B, L', V] float32 (L' = reduced length; a reduced batch holds one image per
+        sample, all of one grid)."""
         from duet_jax.models.qwen25vl_reduced import reduced_logits
         ids = np.asarray(input_ids)
         pos, _ = rope_index(self.config, ids, image_grid_thw, attention_mask)
@@ -129,19 +132,41 @@ class Qwen25VL(Handle):
 
     def generate(self, prompts: Sequence[str], images: Sequence, *, max_new_tokens: int = 128,
                  reduction=None, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0, bucket: bool = True, length_bucket: int = 64) -> list:
-        """Decoded, stripped answers, one per prompt (each prompt runs at batch 1)."""
+                 seed: int = 0, bucket: bool = True, length_bucket: int = 64,
+                 batch_size: int = 8) -> list:
+        """Decoded, stripped answers, one per prompt. Prompts whose images share a grid
+        (with `bucket`, one resolution bucket) run together, `batch_size` at a time."""
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
                              "(or None) per prompt")
-        answers = []
-        for prompt, image in zip(prompts, images):
-            batch = self.encode(prompt, image, bucket=bucket)
-            tokens, lengths = self.generate_ids(**batch, max_new_tokens=max_new_tokens,
-                                                reduction=reduction, temperature=temperature,
-                                                top_p=top_p, seed=seed, length_bucket=length_bucket)
-            answers.append(self.tokenizer.decode(tokens[0, :lengths[0]], skip_special_tokens=True).strip())
+        encoded = [self.encode(p, im, bucket=bucket) for p, im in zip(prompts, images)]
+        groups: dict = {}
+        for i, enc in enumerate(encoded):
+            groups.setdefault(_grids(enc["image_grid_thw"]), []).append(i)
+        answers = [""] * len(prompts)
+        for idxs in groups.values():
+            for k in range(0, len(idxs), batch_size):
+                chunk = idxs[k:k + batch_size]
+                tokens, lengths = self.generate_ids(
+                    **collate([encoded[i] for i in chunk]), max_new_tokens=max_new_tokens,
+                    reduction=reduction, temperature=temperature, top_p=top_p, seed=seed,
+                    length_bucket=length_bucket)
+                for row, i in enumerate(chunk):
+                    answers[i] = self.tokenizer.decode(tokens[row, :lengths[row]],
+                                                       skip_special_tokens=True).strip()
         return answers
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """`encode` outputs -> one right-padded batch (input_ids, attention_mask, pixel_values
+    of every image in prompt order, image_grid_thw)."""
+    from duet_jax.data.tokenize import right_pad
+    ids = [s["input_ids"][0] for s in samples]
+    input_ids, mask = right_pad(ids, max(len(i) for i in ids), 0)
+    pixels = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "pixel_values": np.concatenate(pixels) if pixels else None,
+            "image_grid_thw": np.concatenate([s["image_grid_thw"] for s in samples])}
 
 
 def is_qwen25vl(path: str) -> bool:

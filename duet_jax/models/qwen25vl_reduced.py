@@ -7,7 +7,9 @@ with its original M-RoPE ids (the text after the image keeps its ids too).
 Stage 2 (§3.2-3.4 project default, §3.10): next-layer q/k with biases and
 M-RoPE, causal mask, GQA, counts relative to n_0 = K, `positions='keep'`.
 Every length is static: grids and the presets' counts are host-known. The
-reduced paths take batch 1 (the official setting); the unreduced path any batch.
+reduced paths take batch 1 (the official setting) or a batch whose samples hold
+one image each, all of one grid (what resolution buckets give); the unreduced
+path any batch.
 
 Generation: prefill keeps each segment's KV cache; a decode token's M-RoPE id
 is `next_position + t` on all three axes (HF's rope delta), at every layer.
@@ -53,11 +55,13 @@ def _gather(src, ok, h, valid, positions):
     return h, valid, positions
 
 
-def _check_reduction(reduction, batch: int):
+def _check_reduction(reduction, batch: int, grids: tuple):
     if reduction is None:
         return
-    if batch != 1:
-        raise ValueError(f"Qwen2.5-VL reduction runs at batch 1 (got {batch}); loop over samples")
+    if batch > 1 and (len(grids) != batch or len(set(grids)) != 1):
+        raise ValueError(f"a reduced Qwen2.5-VL batch of {batch} needs one image per sample, all "
+                         f"of one grid (got grids {grids}); bucket the images "
+                         "(Qwen25VL.encode does) or run batch 1")
     s2 = reduction.stage2
     if reduction.stage1 is not None and reduction.stage1.cls_token:
         raise ValueError(f"{reduction.name}: Qwen2.5-VL has no CLS token; use a "
@@ -69,10 +73,14 @@ def _check_reduction(reduction, batch: int):
 
 
 def _stage1(model, params, vout, grids, h, valid, positions, image_start, s1):
+    """Per sample (one image each, one grid for all: `grids[:1]` is every image's)."""
     cfg = model.config
-    scores, metric = stage1_inputs(cfg.vision, params["vision"], vout.last_input, grids)
-    emb = vout.embeds.astype(h.dtype)[None]
-    merge = vision_merge_in_place(scores[None], metric[None], emb, dominant=s1.dominant,
+    b = h.shape[0]
+    last = vout.last_input.reshape(b, -1, vout.last_input.shape[-1])   # images are contiguous
+    scores, metric = jax.vmap(lambda x: stage1_inputs(cfg.vision, params["vision"], x,
+                                                      grids[:1]))(last)
+    emb = vout.embeds.astype(h.dtype).reshape(b, -1, vout.embeds.shape[-1])
+    merge = vision_merge_in_place(scores, metric, emb, dominant=s1.dominant,
                                   contextual=s1.contextual, width=s1.width)
     n_img, k = emb.shape[1], merge.tokens.shape[1]
     src, ok = drop_gather_index(merge.index, image_start, valid.sum(-1),
@@ -109,7 +117,7 @@ def reduced_forward(model: Qwen25VLModel, params, input_ids, pixel_values, grids
                     return_kv: bool = False) -> QwenForward:
     """input_ids [B, L], pixel_values [N, patch_dim], positions [3, B, L] (`rope_index`)."""
     cfg, text = model.config, model.text
-    _check_reduction(reduction, input_ids.shape[0])
+    _check_reduction(reduction, input_ids.shape[0], grids)
     vout = None if pixel_values is None else vision_forward(
         cfg.vision, params["vision"], pixel_values, grids, model.dtype)
     h = model.embed(params, input_ids, None if vout is None else vout.embeds)
@@ -120,7 +128,7 @@ def reduced_forward(model: Qwen25VLModel, params, input_ids, pixel_values, grids
     s1 = reduction.stage1 if reduction is not None else None
     s2 = reduction.stage2 if reduction is not None else None
     stage1_index = None
-    n0 = 0 if vout is None else vout.embeds.shape[0]
+    n0 = 0 if vout is None else vout.embeds.shape[0] // input_ids.shape[0]
     if s1 is not None and vout is not None:
         h, valid, positions, stage1_index = _stage1(model, params, vout, grids, h, valid,
                                                     positions, image_start, s1)

@@ -6,12 +6,14 @@ with SwiGLU MLPs, window attention in every block but `fullatt_block_indexes`,
 and the 2x2 patch merger.
 
 Dynamic resolution is bucketed to static shapes: the image grids `((t, h, w), ..)`
-are host-known Python ints, so the window permutation and every attention
-pattern are NumPy constants built per grid (`grid_layout`) and the tower compiles
-once per grid tuple. HF's variable-length attention over `cu_seqlens` becomes a
-block-diagonal mask over the window-permuted sequence: token i may attend to
-token j iff they share a segment id (window id in window blocks, image/frame id
-in full blocks).
+are host-known Python ints (`encode` snaps images to a bounded set of grids,
+`duet_jax.data.resolution_buckets`), so the window permutation and every
+attention pattern are NumPy constants built per grid (`grid_layout`) and the
+tower compiles once per grid tuple. HF's variable-length attention over
+`cu_seqlens` becomes, in window blocks, attention inside [W, S] blocks of the
+window-permuted sequence (S = the largest window; O(N S), not O(N^2)) and, in
+full blocks, a block-diagonal mask: token i may attend to token j iff they
+belong to the same image/frame.
 
 Params (kernels `[in, out]`; `layers` stacked on a leading `[depth]` axis):
     patch_embed/kernel [C*Tp*p*p, D]
@@ -188,12 +190,33 @@ def attention_probs(q, k, allowed):
     return jax.nn.softmax(jnp.where(allowed[None], logits, -jnp.inf), axis=-1)
 
 
-def block(cfg: QwenVisionConfig, p, x, cos, sin, allowed):
-    """One `Qwen2_5_VLVisionBlock`: x [N, D] -> [N, D]."""
+def window_blocks(window_segment: np.ndarray):
+    """Windows are contiguous in window-permuted order: (gather [W, S] token index per
+    window slot (N = padding), valid [W, S], scatter [N] flat slot of each token)."""
+    n = len(window_segment)
+    _, starts, sizes = np.unique(window_segment, return_index=True, return_counts=True)
+    slots = np.arange(sizes.max())[None]
+    valid = slots < sizes[:, None]
+    gather = np.where(valid, starts[:, None] + slots, n).astype(np.int32)
+    scatter = window_segment * sizes.max() + (np.arange(n) - starts[window_segment])
+    return gather, valid, scatter.astype(np.int32)
+
+
+def window_attention(q, k, v, gather, valid, scatter, scale: float):
+    """Attention inside windows as [W, S] blocks: O(N S) instead of the masked O(N^2).
+    q, k, v [N, H, hd] -> [N, H, hd]; padded slots read a zero row and are masked out."""
+    pad = lambda a: jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)])  # noqa: E731
+    qb, kb, vb = (pad(a)[gather] for a in (q, k, v))                               # [W, S, H, hd]
+    out = jax.nn.dot_product_attention(qb, kb, vb, mask=jnp.asarray(valid)[:, None, None, :],
+                                       scale=scale)
+    return out.reshape((-1,) + out.shape[2:])[scatter]
+
+
+def block(cfg: QwenVisionConfig, p, x, cos, sin, attend):
+    """One `Qwen2_5_VLVisionBlock`: x [N, D] -> [N, D]; `attend(q, k, v)` [N, H, hd]
+    is its attention (windowed or full)."""
     q, k, v = attention_qkv(cfg, p, x, cos, sin)
-    out = jax.nn.dot_product_attention(q[None], k[None], v[None], mask=allowed[None, None],
-                                       scale=cfg.head_dim ** -0.5)[0].reshape(x.shape)
-    x = x + _linear(p["attn"]["proj"], out)
+    x = x + _linear(p["attn"]["proj"], attend(q, k, v).reshape(x.shape))
     h = rms_norm(x, p["norm2"]["scale"], 1e-6)
     act = ACTIVATIONS[cfg.hidden_act]
     mlp = p["mlp"]
@@ -220,20 +243,28 @@ def vision_forward(cfg: QwenVisionConfig, params, pixel_values, grids: tuple, dt
     x = _linear(params["patch_embed"], pixel_values.astype(dtype))
     x = permute(x)
     cos, sin = rope_cos_sin(cfg, lay.hw_positions.reshape(n // unit, unit, 2)[lay.window_index].reshape(n, 2))
-    same = lambda s: jnp.asarray(s[:, None] == s[None, :])
-    window_mask, full_mask = same(lay.window_segment), same(lay.full_segment)
-    is_full = np.array([i in cfg.fullatt_block_indexes for i in range(cfg.depth)])
-
-    def body(h, inputs):
-        p, full = inputs
-        allowed = jnp.where(full, full_mask, window_mask)
-        return block(cfg, p, h, cos, sin, allowed), None
-
-    # The last block runs on its own: Stage 1 reads its input (scores and keys).
+    scale = cfg.head_dim ** -0.5
+    full_mask = jnp.asarray(lay.full_segment[:, None] == lay.full_segment[None, :])
+    gather, valid, scatter = window_blocks(lay.window_segment)
+    attend = {
+        True: lambda q, k, v: jax.nn.dot_product_attention(
+            q[None], k[None], v[None], mask=full_mask[None, None], scale=scale)[0],
+        False: lambda q, k, v: window_attention(q, k, v, gather, valid, scatter, scale)}
+    body = {full: (lambda h, p, f=full: (block(cfg, p, h, cos, sin, attend[f]), None))
+            for full in (True, False)}
+    # Runs of window blocks scan; full blocks (static indices) sit between them. The
+    # last block runs on its own: Stage 1 reads its input (scores and keys).
     last = cfg.depth - 1
-    x, _ = run_stack(body, x, slice_layers(params["layers"], 0, last), (jnp.asarray(is_full[:last]),))
+    lo = 0
+    while lo < last:
+        full = lo in cfg.fullatt_block_indexes
+        hi = lo + 1
+        while hi < last and (hi in cfg.fullatt_block_indexes) == full:
+            hi += 1
+        x, _ = run_stack(body[full], x, slice_layers(params["layers"], lo, hi))
+        lo = hi
     last_input = x
-    x, _ = body(x, (layer_at(params["layers"], last), is_full[last]))
+    x, _ = body[last in cfg.fullatt_block_indexes](x, layer_at(params["layers"], last))
     merged = rms_norm(x, params["merger"]["ln_q"]["scale"], 1e-6).reshape(n // unit, -1)
     merged = _linear(params["merger"]["mlp_2"],
                      jax.nn.gelu(_linear(params["merger"]["mlp_0"], merged), approximate=False))

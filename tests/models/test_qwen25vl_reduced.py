@@ -166,3 +166,50 @@ def test_reduced_decode_attends_to_each_segments_kept_tokens(tiny):
     np.testing.assert_array_equal(ref[-n_new:].argmax(-1), tokens)
     np.testing.assert_allclose(np.asarray(gen.logits)[0], ref[-n_new:], atol=1e-4, rtol=0)
     assert len(ref) < ids.shape[1] + n_new - 1        # the reference really is reduced
+
+
+@pytest.mark.parametrize("name", ["duet", "stage2-last"])
+def test_a_same_grid_batch_equals_each_sample_alone(tiny, name):
+    """Batch 2 (one grid, different text lengths, right padding) == batch 1 per sample:
+    logits of the valid rows and greedy decodes."""
+    from duet_jax.api_qwen import collate
+    from duet_jax.generation.qwen_decode import generate_qwen
+    hf, cfg, params = tiny
+    red, model = REDUCTIONS[name], Qwen25VLModel(cfg)
+    samples = []
+    for seed, text in ((4, (5, 11)), (6, (3, 4))):
+        ids, pixels, grid = qwen_inputs(((90, 130),), text=text, seed=seed)
+        samples.append({"input_ids": ids, "pixel_values": pixels, "image_grid_thw": grid})
+    batch = collate(samples)
+    grids = tuple(map(tuple, batch["image_grid_thw"].tolist()))
+    pos, nxt = rope_index(cfg, batch["input_ids"], grids, batch["attention_mask"])
+    args = (model, params, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["pixel_values"]),
+            grids, jnp.asarray(pos))
+    logits, valid = reduced_logits(*args, jnp.asarray(batch["attention_mask"]), red)
+    gen = generate_qwen(*args, jnp.asarray(nxt), jnp.asarray(batch["attention_mask"]),
+                        reduction=red, max_new_tokens=5)
+    for b, s in enumerate(samples):
+        one_grid = tuple(map(tuple, s["image_grid_thw"].tolist()))
+        p1, n1 = rope_index(cfg, s["input_ids"], one_grid)
+        one = (model, params, jnp.asarray(s["input_ids"]), jnp.asarray(s["pixel_values"]),
+               one_grid, jnp.asarray(p1))
+        ref, _ = reduced_logits(*one, None, red)
+        n = int(np.asarray(valid)[b].sum())
+        assert n == ref.shape[1]
+        np.testing.assert_allclose(np.asarray(logits)[b, :n], np.asarray(ref)[0], atol=1e-5, rtol=0)
+        ref_gen = generate_qwen(*one, jnp.asarray(n1), reduction=red, max_new_tokens=5)
+        np.testing.assert_array_equal(np.asarray(gen.tokens)[b], np.asarray(ref_gen.tokens)[0])
+
+
+def test_a_mixed_grid_reduced_batch_is_a_clear_error(tiny):
+    from duet_jax.api_qwen import collate
+    _, cfg, params = tiny
+    samples = [dict(zip(("input_ids", "pixel_values", "image_grid_thw"),
+                        qwen_inputs((size,), seed=1))) for size in ((90, 130), (60, 60))]
+    batch = collate(samples)
+    grids = tuple(map(tuple, batch["image_grid_thw"].tolist()))
+    pos, _ = rope_index(cfg, batch["input_ids"], grids, batch["attention_mask"])
+    with pytest.raises(ValueError, match="all of one grid"):
+        reduced_logits(Qwen25VLModel(cfg), params, jnp.asarray(batch["input_ids"]),
+                       jnp.asarray(batch["pixel_values"]), grids, jnp.asarray(pos),
+                       jnp.asarray(batch["attention_mask"]), REDUCTIONS["duet"])
