@@ -37,7 +37,7 @@ class DataConfig:
     """Sizes of the data set. Eval counts are questions per split (POPE: per category)."""
     seed: int = 0
     train_images: int = 6000
-    layout: int = 3         # bump when the questions change (re-keys every cache)
+    layout: int = 4         # bump when the questions change (re-keys every cache)
     val_pope_per_split: int = 20
     val_textvqa: int = 30
     val_gqa: int = 40

@@ -155,8 +155,8 @@ GQA_MAKERS = {"colour": colour_question, "shape": shape_question, "count": count
 def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) -> List[QA]:
     """Up to `per_family` questions of each family the scene can carry (existence:
     that many Yes and that many No), duplicates removed: one multi-turn LLaVA
-    record: existence first, then reading, GQA, and the caption last (shuffled
-    inside each group). The 576 image tokens dominate a sample's cost, so many
+    record: a first turn of any family but the caption, then existence, reading,
+    GQA, and the caption last (shuffled inside each group). The 576 image tokens dominate a sample's cost, so many
     answers per image make training far cheaper per supervised answer."""
     out = []
     for _ in range(per_family):
@@ -175,10 +175,13 @@ def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) ->
     # an earlier one instead of reading the picture ("What colour is the square?
     # blue" gives away that there is a square, a TextVQA OCR line names the
     # letters, the caption names everything), and a small LM learns that shortcut
-    # first. So the existence questions come first, then the reading, then GQA,
-    # and the caption, which lists everything, last.
+    # first. So after a first turn of any family (the evaluation asks every family
+    # as a first turn), the existence questions come first, then the reading,
+    # then GQA, and the caption, which lists everything, last.
     group = {"pope": 0, "read": 1, "caption": 3}
-    return sorted(out, key=lambda qa: group.get(qa.kind, 2))
+    first = next(i for i, qa in enumerate(out) if qa.kind != "caption")
+    rest = out[:first] + out[first + 1:]
+    return [out[first]] + sorted(rest, key=lambda qa: group.get(qa.kind, 2))
 
 
 def follow_up_text(qa: QA) -> str:

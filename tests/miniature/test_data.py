@@ -150,3 +150,15 @@ def test_generate_is_cached_by_config(data_dir):
 def test_rng_streams_differ():
     assert rng_for(0, "a", 1).random() != rng_for(0, "b", 1).random()
     assert rng_for(0, "a", 1).random() == rng_for(0, "a", 1).random()
+
+
+def test_training_turns_leak_no_answer_and_open_with_every_family():
+    firsts = set()
+    rank = {"pope": 0, "read": 1, "colour": 2, "shape": 2, "count": 2, "position": 2, "caption": 3}
+    for index in range(200):
+        _, scene = make_scene(0, "train", index)
+        qas = tasks.training_questions(scene, rng_for(0, "train-q", index))
+        firsts.add(qas[0].kind)
+        ranks = [rank[qa.kind] for qa in qas[1:]]
+        assert ranks == sorted(ranks) and qas[-1].kind == "caption"
+    assert firsts == set(rank) - {"caption"}      # the eval asks every family as a first turn
