@@ -21,6 +21,7 @@ import numpy as np
 from duet_jax.miniature.dataset import BENCHMARKS, eval_paths
 
 HEADLINE = {"pope": "f1_mean", "textvqa": "accuracy", "gqa": "accuracy"}
+BLIND = "unreduced-other-image"     # the control: every question shown another question's image
 MAX_NEW_TOKENS = 4          # one-word answers: at most 2 tokens + </s>
 LENGTH_MULTIPLE = 16
 
@@ -50,15 +51,36 @@ def prompt_length(model, data_dir: str, split: str) -> int:
     return -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
 
 
+def other_image_questions(questions: str, out: str) -> str:
+    """The question file with every question given the image of the question half the
+    file away (a different scene): what a model scores without reading its own
+    image. Ids, texts and labels stay, so the official scorer grades it as usual."""
+    with open(questions, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    images = [r["image"] for r in rows]
+    shift = max(1, len(rows) // 2)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        for k, r in enumerate(rows):
+            f.write(json.dumps(dict(r, image=images[(k + shift) % len(rows)])) + "\n")
+    os.replace(out + ".tmp", out)
+    return out
+
+
 def run_benchmarks(model, name: str, reduction, data_dir: str, split: str, out_dir: str, *,
-                   model_path: str, batch_size: int, length: int, save_kept: int = 0) -> dict:
+                   model_path: str, batch_size: int, length: int, save_kept: int = 0,
+                   other_image: bool = False) -> dict:
     """Generate + score the three benchmarks under one reduction; returns
-    {benchmark: summary block} (answers under out_dir/answers/<name>/)."""
+    {benchmark: summary block} (answers under out_dir/answers/<name>/).
+    other_image: the blind control (`other_image_questions`)."""
     from duet_jax.evaluation import runner
     from duet_jax.evaluation.scoring import score_benchmark
     blocks = {}
     for benchmark in BENCHMARKS:
         paths = eval_paths(data_dir, split, benchmark)
+        if other_image:
+            paths["questions"] = other_image_questions(
+                paths["questions"], os.path.join(out_dir, "other_image", f"{benchmark}.jsonl"))
         answers = os.path.join(out_dir, "answers", name, f"{benchmark}.jsonl")
         spec = runner.RunSpec(
             benchmark=benchmark, questions=paths["questions"], images=paths["images"],
@@ -98,7 +120,8 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
                    split: str, out_dir: str, *, batch_size: int = 16, save_kept: int = 2,
                    model_digest: str = "", log=print) -> dict:
     """{name: {"scores": {benchmark: headline}, "blocks", "seconds", "eval_s"}} for every
-    (name -> ReductionConfig or None) in `configs`; cached in out_dir/results.json for
+    (name -> ReductionConfig or None) in `configs` (name BLIND: unreduced, every
+    question shown another question's image); cached in out_dir/results.json for
     the model `model_digest` (another digest clears out_dir first)."""
     import shutil
     cache = os.path.join(out_dir, "results.json")
@@ -122,7 +145,8 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
         t0 = time.perf_counter()
         blocks = run_benchmarks(model, name, reduction, data_dir, split, out_dir,
                                 model_path=model_path, batch_size=batch_size, length=length,
-                                save_kept=save_kept if reduction is not None else 0)
+                                save_kept=save_kept if reduction is not None else 0,
+                                other_image=name == BLIND)
         eval_s = time.perf_counter() - t0
         seconds = time_inference(model, reduction, data_dir, split, batch_size=batch_size,
                                  length=length)

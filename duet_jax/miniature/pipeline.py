@@ -139,7 +139,7 @@ def train_all(cfg: PipelineConfig, data_dir: str, log) -> dict:
 def evaluate_all(cfg: PipelineConfig, data_dir: str, trained: dict, num_layers: int, log):
     eval_root = os.path.join(_abs(cfg.workdir), "eval")
     table_presets = presets.inference_presets(num_layers, cfg.methods, cfg.budgets)
-    configs = {"unreduced": None}
+    configs = {"unreduced": None, evaluate.BLIND: None}
     for cfgs in table_presets.values():
         configs.update({c.name: c for _, c in cfgs if c is not None})
     duet_cfg = check_trained_reduction(_abs(CONFIGS["finetune-duet"]), cfg.trained_budget,

@@ -48,9 +48,13 @@ def table(rows: List[dict], base: Dict[str, float], title: str, extra: str = "")
 def inference_table(results: dict, presets: dict, base_name: str, num_layers: int) -> str:
     """Table 1 / 5 in miniature: every method at every budget on the baseline model."""
     from duet_jax.reduction import average_visual_tokens
+    from duet_jax.miniature.evaluate import BLIND
     base = results[base_name]
     rows = [{"method": "unreduced", "tokens": "576", "scores": base["scores"],
              "extra": "1.00x"}]
+    if BLIND in results:    # the floor: what the model scores from the question alone
+        rows.append({"method": "  another's image", "tokens": "576",
+                     "scores": results[BLIND]["scores"], "extra": "-"})
     for budget in sorted({b for cfgs in presets.values() for b, _ in cfgs}, reverse=True):
         for method, cfgs in presets.items():
             for b, cfg in cfgs:

@@ -10,6 +10,7 @@ import json
 import os
 
 from duet_jax.miniature.dataset import DataConfig
+from duet_jax.miniature.evaluate import BLIND
 from duet_jax.miniature.pipeline import PipelineConfig, run
 from duet_jax.miniature.tower import TowerConfig
 
@@ -35,7 +36,7 @@ def test_toy_pipeline_end_to_end(tmp_path):
     result = run(cfg, log=lines.append)
 
     results = result["results"]
-    assert set(results) == {"unreduced", "mini-duet-64", "trained-mini-duet-64"}
+    assert set(results) == {"unreduced", BLIND, "mini-duet-64", "trained-mini-duet-64"}
     for name, r in results.items():
         for benchmark in ("pope", "textvqa", "gqa"):
             assert 0.0 <= r["scores"][benchmark] <= 100.0, (name, benchmark)
@@ -47,6 +48,17 @@ def test_toy_pipeline_end_to_end(tmp_path):
         rows = [json.loads(line) for line in f]
     assert len(rows) == 3 * TOY.test_pope_per_split
     assert {"question_id", "prompt", "text", "answer_id", "model_id"} <= set(rows[0])
+    # The blind control asks the same questions, each beside another question's image.
+    eval_dir = os.path.join(cfg.workdir, "eval", "finetune-full")
+    for benchmark in ("pope", "textvqa", "gqa"):
+        own = [json.loads(x) for x in open(os.path.join(cfg.workdir, "data", "test", benchmark,
+                                                        "questions.jsonl"))]
+        other = [json.loads(x) for x in open(os.path.join(eval_dir, "other_image",
+                                                          f"{benchmark}.jsonl"))]
+        assert [q["question_id"] for q in own] == [q["question_id"] for q in other]
+        assert sorted(q["image"] for q in own) == sorted(q["image"] for q in other)
+        assert all(a["image"] != b["image"] for a, b in zip(own, other))
+    assert "another's image" in result["inference_table"]
     # Both fine-tuning arms ran train.py's loop from the stage-1 weights.
     for stage in ("pretrain", "finetune-full", "finetune-duet"):
         assert os.path.isdir(result["training"][stage]["final"])
