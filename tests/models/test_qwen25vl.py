@@ -83,8 +83,6 @@ def test_greedy_decode_matches_hf(tiny, sizes):
 
 
 def test_bad_inputs_are_clear_errors(tiny):
-    from duet_jax.models.qwen25vl_reduced import reduced_forward
-    from duet_jax.reduction import get_preset
     from duet_jax.models.qwen_vision import check_grids
     _, cfg, params = tiny
     ids, pixels, grid = qwen_inputs(SIZES[:1])
@@ -98,11 +96,6 @@ def test_bad_inputs_are_clear_errors(tiny):
         check_grids(cfg.vision, [[1, 5, 10]])
     with pytest.raises(ValueError, match="pass the processor's image_grid_thw"):
         vision_forward(cfg.vision, params["vision"], jnp.asarray(pixels[:-4]), ((1, 6, 10),))
-    pos, _ = rope_index(cfg, np.repeat(ids, 2, 0), [grid[0], grid[0]])
-    with pytest.raises(ValueError, match="batch 1"):
-        reduced_forward(Qwen25VLModel(cfg), params, jnp.asarray(np.repeat(ids, 2, 0)),
-                        jnp.asarray(np.concatenate([pixels, pixels])), ((1, 6, 10), (1, 6, 10)),
-                        jnp.asarray(pos), None, get_preset("qwen25vl-duet-160"))
 
 
 def test_stage1_scores_do_not_depend_on_the_query_tiling(tiny):
