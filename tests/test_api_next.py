@@ -78,3 +78,24 @@ def test_images_of_one_canonical_size_share_one_program(ckpt):
                  for k, v in batch.items()}      # eval.py's length bucket
         model.generate_batch(batch, max_new_tokens=7)
     assert generate_tokens._cache_size() - before == 1
+
+
+def test_eval_run_batches_one_canonical_size_together(ckpt, tmp_path):
+    import json
+    from duet_jax.evaluation import runner
+    model = duet_jax.load_llava(ckpt)
+    sizes = [(30, 150), (100, 100), (33, 160)]      # canonical sizes a, b, a
+    rows = []
+    for i, im in enumerate(random_images(sizes, seed=2)):
+        im.save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"question_id": i, "image": f"{i}.png", "category": "random",
+                                "text": "Is there a cat in the image?"}))
+    (tmp_path / "q.jsonl").write_text("\n".join(rows) + "\n")
+    spec = runner.RunSpec(benchmark="pope", questions=str(tmp_path / "q.jsonl"),
+                          images=str(tmp_path), answers=str(tmp_path / "a.jsonl"),
+                          batch_size=2, max_new_tokens=2, model_path=ckpt)
+    keys = [model.shape_key(str(tmp_path / f"{i}.png")) for i in range(3)]
+    assert keys[0] == keys[2] != keys[1]
+    runner.run(spec, model)
+    answers = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert sorted(a["question_id"] for a in answers) == [0, 1, 2]

@@ -96,3 +96,18 @@ def test_prompt_padding_does_not_change_the_answer(saved, red):
     assert batch["input_ids"].shape[1] % 64 != 0
     np.testing.assert_array_equal(exact, padded)
     np.testing.assert_array_equal(n, m)
+
+
+def test_eval_run_on_a_qwen_checkpoint_is_a_clear_error(saved, tmp_path):
+    from duet_jax.evaluation import runner
+    from duet_jax.evaluation.scoring.common import ScoreError
+    _, path = saved
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"question_id": 1, "image": "x.png", "text": "Is there a cat?", '
+                 '"category": "random"}\n')
+    images()[0].save(tmp_path / "x.png")
+    spec = runner.RunSpec(benchmark="pope", questions=str(q), images=str(tmp_path),
+                          answers=str(tmp_path / "a.jsonl"), model_path=path)
+    with pytest.raises(ScoreError, match="Qwen25VL: use its .generate"):
+        runner.run(spec)
+    assert not (tmp_path / "a.jsonl").exists() or not (tmp_path / "a.jsonl").read_text()

@@ -285,6 +285,10 @@ def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
     stats = {"answered": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
     if pending:
         model = load_model(spec.model_path, spec.dtype) if model is None else model
+        if not hasattr(model, "generate_batch"):
+            raise ScoreError(f"eval.py run takes LLaVA-1.5, LLaVA-NeXT and Video-LLaVA checkpoints "
+                             f"(the vicuna_v1 benchmark prompts); {spec.model_path} is a "
+                             f"{type(model).__name__}: use its .generate(prompts, images) instead")
         if spec.benchmark == "video" and not hasattr(model.config, "num_frames"):
             raise ScoreError(f"--benchmark video needs a Video-LLaVA checkpoint (config.json "
                              f"model_type 'video_llava'); {spec.model_path} is an image-only "
