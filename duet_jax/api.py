@@ -65,6 +65,26 @@ class Handle:
         return load_image_processor(self.path, image_size=self.config.vision.image_size)
 
 
+    def _generate(self, module, params, batch: dict, pixels, red, *, max_new_tokens: int,
+                  temperature: float, top_p: float, seed: int, media: str = "an image"):
+        """`generate_tokens` on an encoded batch; Stage 2 needs `media` in every sample."""
+        from duet_jax.generation.decode import generate_tokens
+        every = bool(np.all(batch["has_image"]))
+        if red is not None and not every and red.stage2 is not None:
+            raise ValueError(f"Stage-2 generation needs {media} in every sample of the batch; "
+                             "batch text-only prompts separately")
+        eos = self.config.text.eos_token_id
+        return generate_tokens(module, params, jnp.asarray(batch["input_ids"]),
+                               jax.tree.map(jnp.asarray, pixels),
+                               jnp.asarray(batch["attention_mask"]), reduction=red,
+                               max_new_tokens=max_new_tokens, eos_id=-1 if eos is None else eos,
+                               pad_id=self.tokenizer.pad_token_id or 0, temperature=temperature,
+                               top_p=top_p, rng=jax.random.key(seed),
+                               salient_mask=jnp.asarray(batch["salient_mask"])
+                               if "salient_mask" in batch else None,
+                               images_in_every_sample=every)
+
+
 @dataclasses.dataclass(frozen=True)
 class Llava(Handle):
     """The LLaVA-1.5 handle (pre-processing: vicuna_v1 prompts, square-padded CLIP images)."""
@@ -124,22 +144,9 @@ class Llava(Handle):
     def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         """Token-level generation on an encoded batch -> `Generated` (tokens, lengths, forward)."""
-        from duet_jax.generation.decode import generate_tokens
-        red = self.reduction(reduction)
-        every = bool(np.all(batch["has_image"]))
-        if red is not None and not every and red.stage2 is not None:
-            raise ValueError("Stage-2 generation needs an image in every sample of the batch; "
-                             "batch text-only prompts separately")
-        eos = self.config.text.eos_token_id
-        return generate_tokens(self.module, self.params, jnp.asarray(batch["input_ids"]),
-                               jax.tree.map(jnp.asarray, batch["pixel_values"]),
-                               jnp.asarray(batch["attention_mask"]), reduction=red,
-                               max_new_tokens=max_new_tokens, eos_id=-1 if eos is None else eos,
-                               pad_id=self.tokenizer.pad_token_id or 0, temperature=temperature,
-                               top_p=top_p, rng=jax.random.key(seed),
-                               salient_mask=jnp.asarray(batch["salient_mask"])
-                               if "salient_mask" in batch else None,
-                               images_in_every_sample=every)
+        return self._generate(self.module, self.params, batch, batch["pixel_values"],
+                              self.reduction(reduction), max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, seed=seed)
 
     def generate(self, prompts: Sequence[str], images: Sequence, *, max_new_tokens: int = 128,
                  reduction=None, temperature: float = 0.0, top_p: float = 1.0,

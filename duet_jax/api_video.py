@@ -20,7 +20,6 @@ import dataclasses
 import os
 from typing import Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -161,24 +160,12 @@ class VideoLlava(Handle):
     def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         """Token-level generation on an encoded batch -> `Generated` (tokens, lengths, forward)."""
-        from duet_jax.generation.decode import generate_tokens
         media = batch.get("media", "video" if "pixel_values_videos" in batch else "image")
         pixels = batch["pixel_values" if media == "image" else "pixel_values_videos"]
-        red = self.reduction(reduction, media)
-        every = bool(np.all(batch["has_image"]))
-        if red is not None and not every and red.stage2 is not None:
-            raise ValueError("Stage-2 generation needs an image or video in every sample of the "
-                             "batch; batch text-only prompts separately")
-        eos = self.config.text.eos_token_id
-        return generate_tokens(self.module.view(media), view_params(self.params, media),
-                               jnp.asarray(batch["input_ids"]), jnp.asarray(pixels),
-                               jnp.asarray(batch["attention_mask"]), reduction=red,
-                               max_new_tokens=max_new_tokens, eos_id=-1 if eos is None else eos,
-                               pad_id=self.tokenizer.pad_token_id or 0, temperature=temperature,
-                               top_p=top_p, rng=jax.random.key(seed),
-                               salient_mask=jnp.asarray(batch["salient_mask"])
-                               if "salient_mask" in batch else None,
-                               images_in_every_sample=every)
+        return self._generate(self.module.view(media), view_params(self.params, media), batch,
+                              pixels, self.reduction(reduction, media),
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, seed=seed, media="an image or video")
 
     def generate(self, prompts: Sequence[str], images: Optional[Sequence] = None,
                  videos: Optional[Sequence] = None, *, max_new_tokens: int = 128,

@@ -88,11 +88,15 @@ def resolve_hf_config(d: dict) -> dict:
     from transformers import LlavaConfig as HFLlavaConfig
     if d.get("model_type") == "llava_next":
         from transformers import LlavaNextConfig as HFLlavaConfig
+    return with_hf_defaults(HFLlavaConfig, d, "LLaVA")
 
+
+def with_hf_defaults(hf_config_class, d: dict, family: str) -> dict:
+    """`d` as transformers' `hf_config_class` completes it (minus bookkeeping keys)."""
     try:
-        resolved = HFLlavaConfig.from_dict(dict(d)).to_dict()
+        resolved = hf_config_class.from_dict(dict(d)).to_dict()
     except Exception as e:   # transformers validates with assorted exception types
-        raise CheckpointError(f"config.json is not a valid LLaVA config: {e}") from None
+        raise CheckpointError(f"config.json is not a valid {family} config: {e}") from None
     for k in ("_name_or_path", "transformers_version"):
         resolved.pop(k, None)
     return resolved

@@ -24,6 +24,7 @@ import re
 
 from duet_jax.checkpoints import layouts
 from duet_jax.checkpoints.layouts import TABLE, Layout, Rule
+from duet_jax.checkpoints.load import with_hf_defaults
 from duet_jax.checkpoints.reader import CheckpointError
 from duet_jax.models.video_llava import VideoLlavaConfig
 
@@ -72,13 +73,7 @@ def leaf_shapes(cfg: VideoLlavaConfig) -> dict:
 def resolve_hf_config(d: dict) -> dict:
     """Fill in the defaults transformers' `VideoLlavaConfig` applies."""
     from transformers import VideoLlavaConfig as HFVideoLlavaConfig
-    try:
-        resolved = HFVideoLlavaConfig.from_dict(dict(d)).to_dict()
-    except Exception as e:   # transformers validates with assorted exception types
-        raise CheckpointError(f"config.json is not a valid Video-LLaVA config: {e}") from None
-    for k in ("_name_or_path", "transformers_version"):
-        resolved.pop(k, None)
-    return resolved
+    return with_hf_defaults(HFVideoLlavaConfig, d, "Video-LLaVA")
 
 
 def video_config(hf_config: dict) -> VideoLlavaConfig:

@@ -79,12 +79,17 @@ def drop_image_tokens(text: LlamaModel, layer_params: dict, seq, score_hidden, *
     passthrough = ~jnp.any(qmask, axis=-1)
     src, valid = red.drop_gather_index(keep, image_start, seq.valid.sum(-1), passthrough,
                                        n_prev=n_prev, out_len=out_len)
+    return gather_sequence(seq, src, valid, stage2.positions), keep
+
+
+def gather_sequence(seq, src, valid, positions_mode: str):
+    """The sequence after a drop: every per-row field gathered through the map
+    src [B, L'] (valid [B, L']), positions per `positions_mode`."""
     dropped = red.apply_drop(seq.hidden, src, valid, attention_mask=seq.valid, labels=seq.labels,
-                             positions=seq.positions, positions_mode=stage2.positions)
+                             positions=seq.positions, positions_mode=positions_mode)
     prompt = jnp.take_along_axis(seq.prompt, src, axis=1) & valid
-    new = seq._replace(hidden=dropped.hidden, valid=dropped.attention_mask.astype(bool),
-                       positions=dropped.positions, labels=dropped.labels, prompt=prompt)
-    return new, keep
+    return seq._replace(hidden=dropped.hidden, valid=dropped.attention_mask.astype(bool),
+                        positions=dropped.positions, labels=dropped.labels, prompt=prompt)
 
 
 def unreduced_run(text: LlamaModel, params: dict, seq, return_kv: bool):

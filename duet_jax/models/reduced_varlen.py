@@ -25,11 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax import reduction as red
 from duet_jax.models.common import layer_at
 from duet_jax.models.llama import LlamaModel
-from duet_jax.models.reduced import (_query_mask, boundary_scores, check_scorable, run_segment,
-                                     unreduced_run)
+from duet_jax.models.reduced import (_query_mask, boundary_scores, check_scorable, gather_sequence,
+                                     run_segment, unreduced_run)
 
 
 def per_sample_counts(stage2, n0: Seq[int]) -> np.ndarray:
@@ -81,12 +80,7 @@ def drop_varlen(text: LlamaModel, layer_params: dict, seq, score_hidden, *, n_pr
     passthrough = ~jnp.any(qmask, axis=-1)
     src, valid = _gather_map(keep, image_start, seq.valid.sum(-1), passthrough, n_prev, n_new,
                              out_len)
-    dropped = red.apply_drop(seq.hidden, src, valid, attention_mask=seq.valid, labels=seq.labels,
-                             positions=seq.positions, positions_mode=stage2.positions)
-    prompt = jnp.take_along_axis(seq.prompt, src, axis=1) & valid
-    new = seq._replace(hidden=dropped.hidden, valid=dropped.attention_mask.astype(bool),
-                       positions=dropped.positions, labels=dropped.labels, prompt=prompt)
-    return new, keep
+    return gather_sequence(seq, src, valid, stage2.positions), keep
 
 
 def run_language_model_varlen(text: LlamaModel, params: dict, seq, n0: Seq[int], stage2, *,
