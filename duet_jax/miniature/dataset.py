@@ -7,6 +7,7 @@ Layout under ``out``::
 
     images/<split>/<index>.png
     train.json                                   LLaVA records, multi-turn
+    text.json                                    the same scenes as captions, text only
     <split>/pope/questions.jsonl                 + coco/coco_pope_<category>.json labels
     <split>/textvqa/questions.jsonl              + TextVQA_0.5.1_val.json
     <split>/gqa/questions.jsonl                  + testdev_balanced_questions.json
@@ -37,7 +38,7 @@ class DataConfig:
     """Sizes of the data set. Eval counts are questions per split (POPE: per category)."""
     seed: int = 0
     train_images: int = 6000
-    layout: int = 4         # bump when the questions change (re-keys every cache)
+    layout: int = 5         # bump when the questions change (re-keys every cache)
     val_pope_per_split: int = 20
     val_textvqa: int = 30
     val_gqa: int = 40
@@ -81,14 +82,20 @@ def _draw_questions(cfg: DataConfig, split: str, stream: str, count: int,
 
 
 def write_train(out: str, cfg: DataConfig) -> str:
+    """train.json (image records) and text.json (each scene's caption in place of its
+    picture, caption turn dropped: the text-only stage)."""
     os.makedirs(os.path.join(out, "images", "train"), exist_ok=True)
-    records = []
+    records, text_records = [], []
     for i in range(cfg.train_images):
         img, scene = make_scene(cfg.seed, "train", i)
         rel = f"images/train/{i:05d}.png"
         img.save(os.path.join(out, rel))
         qas = tasks.training_questions(scene, rng_for(cfg.seed, "train-q", i))
         records.append(tasks.llava_record(f"train-{i:05d}", rel, qas))
+        caption = next(qa.answer for qa in qas if qa.kind == "caption")
+        text_records.append(tasks.text_record(f"text-{i:05d}", caption,
+                                              [qa for qa in qas if qa.kind != "caption"]))
+    _write_json(os.path.join(out, "text.json"), text_records)
     path = os.path.join(out, "train.json")
     _write_json(path, records)
     return path

@@ -23,7 +23,7 @@ from duet_jax.miniature.tower import TowerConfig
 
 REPO = training.REPO
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
-CONFIGS = {"pretrain": "configs/miniature.yaml", "finetune-full": "configs/miniature-finetune.yaml",
+CONFIGS = {"text": "configs/miniature-text.yaml", "pretrain": "configs/miniature.yaml", "finetune-full": "configs/miniature-finetune.yaml",
            "finetune-duet": "configs/miniature-finetune-duet.yaml"}
 
 
@@ -84,7 +84,7 @@ def questions_id(cfg: PipelineConfig) -> str:
 
 
 def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict:
-    """Stage 0 (tower) + stage 1 (train.py, tower frozen) from scratch, both cached."""
+    """Stage 0 (tower), 0b (text only) and 1 (train.py, tower frozen) from scratch, cached."""
     from duet_jax.miniature.tower import pretrain_tower
     runs = os.path.join(_abs(cfg.workdir), "runs")
     config = _abs(CONFIGS["pretrain"])
@@ -100,14 +100,21 @@ def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict
     tower = training.cached(tower_dir, tower_id, lambda: pretrain_tower(
         config, data + list(cfg.pretrain_overrides), tower_dir, tcfg, log=log))
     _stage_log("tower", dict(tower, step_s=None), log)
-    log("  stage 1: the pretrained tower frozen, projector + LM trained from scratch, full tokens")
-    pretrain = training.run_stage(config, os.path.join(runs, "pretrain"),
-                                  data + [f"model.checkpoint={tower['final']}"]
-                                  + list(cfg.pretrain_overrides), log=log,
-                                  quiet=cfg.quiet_training, in_process=cfg.in_process,
-                                  upstream=training.digest([tower["digest"], questions_id(cfg)]))
-    _stage_log("pretrain", pretrain, log)
-    return pretrain
+    previous = tower
+    stages = (("text", "stage 0b: the LM alone on the scenes' captions as text",
+               [f"data.train_json={os.path.join(data_dir, 'text.json')}",
+                f"data.image_folder={data_dir}"]),
+              ("pretrain", "stage 1: the pretrained tower frozen, projector + LM, full tokens",
+               data))
+    for name, what, stage_data in stages:
+        log("  " + what)
+        previous = training.run_stage(
+            _abs(CONFIGS[name]), os.path.join(runs, name),
+            stage_data + [f"model.checkpoint={previous['final']}"] + list(cfg.pretrain_overrides),
+            log=log, quiet=cfg.quiet_training, in_process=cfg.in_process,
+            upstream=training.digest([previous["digest"], questions_id(cfg)]))
+        _stage_log(name, previous, log)
+    return previous
 
 
 def train_all(cfg: PipelineConfig, data_dir: str, log) -> dict:
@@ -209,14 +216,16 @@ def export_pretrained(cfg: PipelineConfig, dst: str) -> str:
         raise FileNotFoundError(f"{src} not found; run with --from-scratch first")
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
-    tower = training._load(os.path.join(runs, "tower", training.DONE)) or {}
-    pretrain = training._load(os.path.join(runs, "pretrain", training.DONE)) or {}
+    done = {name: training._load(os.path.join(runs, name, training.DONE)) or {}
+            for name in ("tower", "text", "pretrain")}
     provenance = {
         "made_by": "python -m duet_jax.miniature.pipeline --from-scratch --export-pretrained",
         "data": dataclasses.asdict(cfg.data), "tower": dataclasses.asdict(cfg.tower),
-        "tower_seconds": tower.get("seconds"), "pretrain_seconds": pretrain.get("seconds"),
+        **{f"{name}_seconds": d.get("seconds") for name, d in done.items()},
+        "text_steps": len(training.read_metrics(os.path.join(runs, "text"))),
         "pretrain_steps": len(training.read_metrics(os.path.join(runs, "pretrain"))),
-        "pretrain_identity": pretrain.get("identity")}
+        "text_identity": done["text"].get("identity"),
+        "pretrain_identity": done["pretrain"].get("identity")}
     with open(os.path.join(dst, "provenance.json"), "w", encoding="utf-8") as f:
         json.dump(provenance, f, indent=1)
     return dst

@@ -101,6 +101,25 @@ def test_training_records_are_llava_conversations(data_dir):
         assert os.path.isfile(os.path.join(data_dir, rec["image"]))
 
 
+def test_text_records_are_the_image_records_with_the_caption_for_the_picture(data_dir):
+    with open(os.path.join(data_dir, "train.json")) as f:
+        records = json.load(f)
+    with open(os.path.join(data_dir, "text.json")) as f:
+        text = json.load(f)
+    assert len(text) == len(records)
+    for rec, txt in zip(records, text):
+        assert "image" not in txt and not any("<image>" in t["value"]
+                                              for t in txt["conversations"])
+        pairs = list(zip(rec["conversations"][::2], rec["conversations"][1::2]))
+        caption = next(a["value"] for q, a in pairs if q["value"].endswith("briefly."))
+        kept = [(q["value"].removeprefix("<image>\n"), a["value"]) for q, a in pairs
+                if not q["value"].endswith("briefly.")]
+        got = [(q["value"], a["value"]) for q, a in zip(txt["conversations"][::2],
+                                                        txt["conversations"][1::2])]
+        assert got[0][0] == f"Scene: {caption}\n{kept[0][0]}"
+        assert got[1:] == kept[1:] and got[0][1] == kept[0][1]
+
+
 @pytest.mark.parametrize("benchmark,expected", [("pope", "f1_mean"), ("textvqa", "accuracy"),
                                                 ("gqa", "accuracy")])
 def test_truthful_answers_score_100(data_dir, tmp_path, benchmark, expected):

@@ -6,12 +6,13 @@ and one DUET preset (plus the DUET-trained arm).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from duet_jax.miniature.dataset import DataConfig
 from duet_jax.miniature.evaluate import BLIND
-from duet_jax.miniature.pipeline import PipelineConfig, run
+from duet_jax.miniature.pipeline import PipelineConfig, export_pretrained, run
 from duet_jax.miniature.tower import TowerConfig
 
 TOY = DataConfig(seed=5, train_images=8, val_pope_per_split=1, val_textvqa=1, val_gqa=1,
@@ -59,7 +60,8 @@ def test_toy_pipeline_end_to_end(tmp_path):
         assert sorted(q["image"] for q in own) == sorted(q["image"] for q in other)
         assert all(a["image"] != b["image"] for a, b in zip(own, other))
     assert "another's image" in result["inference_table"]
-    # Both fine-tuning arms ran train.py's loop from the stage-1 weights.
+    # The text-only stage, stage 1 and both fine-tuning arms ran train.py's loop.
+    assert os.path.isdir(os.path.join(cfg.workdir, "runs", "text", "final"))
     for stage in ("pretrain", "finetune-full", "finetune-duet"):
         assert os.path.isdir(result["training"][stage]["final"])
     assert "unreduced" in result["inference_table"] and "DUET" in result["inference_table"]
@@ -73,3 +75,14 @@ def test_toy_pipeline_end_to_end(tmp_path):
     assert all(again["training"][s]["skipped"] for s in ("pretrain", "finetune-full",
                                                          "finetune-duet"))
     assert again["results"] == json.loads(json.dumps(results))
+
+    # `make demo`'s path: stages 0-1 from an exported (shipped) checkpoint, stage 2 here.
+    shipped = export_pretrained(cfg, str(tmp_path / "shipped"))
+    with open(os.path.join(shipped, "provenance.json")) as f:
+        provenance = json.load(f)
+    assert (provenance["text_steps"], provenance["pretrain_steps"]) == (2, 2)
+    demo = run(dataclasses.replace(cfg, from_scratch=False, pretrained=shipped),
+               log=lines.append)
+    assert demo["training"]["pretrain"]["final"] == shipped
+    assert not any(demo["training"][s]["skipped"] for s in ("finetune-full", "finetune-duet"))
+    assert set(demo["results"]) == set(results)
