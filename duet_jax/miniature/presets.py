@@ -41,11 +41,21 @@ def scale_layers(layers, num_layers: int) -> Tuple[int, ...]:
     return tuple(out)
 
 
-def duet(budget: int, num_layers: int) -> ReductionConfig:
-    """LLaVA-1.5 DUET preset (Stage 1 unchanged, Stage-2 boundaries scaled)."""
+def duet(budget: int, num_layers: int, variant: str = "") -> ReductionConfig:
+    """LLaVA-1.5 DUET preset (Stage 1 counts unchanged, Stage-2 boundaries scaled).
+
+    variant: "" is the official code's default (local clustering, all text tokens
+    rank the drops: the paper's C+all); "vanilla" and "C" are the paper's variants
+    (VisionZip clustering resp. local clustering, the last text token ranks), with
+    the same token counts (ALGORITHM.md §1).
+    """
     real = get_preset(f"llava15-duet-{budget}")
-    stage2 = dataclasses.replace(real.stage2, layers=scale_layers(real.stage2.layers, num_layers))
-    return ReductionConfig(f"mini-duet-{budget}", real.stage1, stage2)
+    mode, queries = {"": ("duet", real.stage2.queries), "vanilla": ("visionzip", "last"),
+                     "C": ("duet", "last")}[variant]
+    stage2 = dataclasses.replace(real.stage2, layers=scale_layers(real.stage2.layers, num_layers),
+                                 queries=queries)
+    name = f"mini-duet-{variant.lower()}-{budget}" if variant else f"mini-duet-{budget}"
+    return ReductionConfig(name, dataclasses.replace(real.stage1, mode=mode), stage2)
 
 
 def visionzip(budget: int) -> ReductionConfig:
@@ -71,14 +81,15 @@ def pdrop(budget: int, num_layers: int) -> Optional[ReductionConfig]:
     return best[1] if best[0] <= 0.1 * budget else None
 
 
-METHODS = ("PyramidDrop", "VisionZip", "DUET")
+METHODS = ("PyramidDrop", "VisionZip", "DUET (vanilla)", "DUET (C)", "DUET")
 
 
 def inference_presets(num_layers: int, methods=METHODS, budgets=BUDGETS
                       ) -> Dict[str, List[Tuple[int, Optional[ReductionConfig]]]]:
     """{method: [(budget, config or None when unreachable)]} for the inference-only table."""
     make = {"VisionZip": lambda b: visionzip(b), "PyramidDrop": lambda b: pdrop(b, num_layers),
-            "DUET": lambda b: duet(b, num_layers)}
+            "DUET (vanilla)": lambda b: duet(b, num_layers, "vanilla"),
+            "DUET (C)": lambda b: duet(b, num_layers, "C"), "DUET": lambda b: duet(b, num_layers)}
     unknown = [m for m in methods if m not in make]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; use some of {METHODS}")

@@ -100,7 +100,8 @@ def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: 
     fig = Figure(figsize=(7, 4.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    markers = {"VisionZip": "s", "PyramidDrop": "^", "DUET": "o"}
+    markers = {"VisionZip": "s", "PyramidDrop": "^", "DUET (vanilla)": "v", "DUET (C)": "D",
+               "DUET": "o"}
     for method, cfgs in presets.items():
         pts = [(average_visual_tokens(c, 576, num_layers),
                 relative_avg(results[c.name]["scores"], base)) for _, c in cfgs if c is not None]

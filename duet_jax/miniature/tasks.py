@@ -190,23 +190,22 @@ def follow_up_text(qa: QA) -> str:
     return qa.text[:-len(SHORT) - 1] if qa.text.endswith("\n" + SHORT) else qa.text
 
 
+def _conversation(qas: List[QA], opening: str) -> list:
+    turns = []
+    for i, qa in enumerate(qas):
+        value = opening + qa.text if i == 0 else follow_up_text(qa)
+        turns.append({"from": "human", "value": value})
+        turns.append({"from": "gpt", "value": qa.answer})
+    return turns
+
+
 def text_record(record_id: str, scene_caption: str, qas: List[QA]) -> dict:
     """The same conversation with the picture given as its caption, in text: the
     text-only stage teaches the LM the questions and the answer format first, so the
     image stage can spend its steps on reading the picture."""
-    turns = []
-    for i, qa in enumerate(qas):
-        value = f"Scene: {scene_caption}\n{qa.text}" if i == 0 else follow_up_text(qa)
-        turns.append({"from": "human", "value": value})
-        turns.append({"from": "gpt", "value": qa.answer})
-    return {"id": record_id, "conversations": turns}
+    return {"id": record_id, "conversations": _conversation(qas, f"Scene: {scene_caption}\n")}
 
 
 def llava_record(record_id: str, image: str, qas: List[QA]) -> dict:
     """LLaVA instruction-tuning record: `<image>` opens the first human turn."""
-    turns = []
-    for i, qa in enumerate(qas):
-        value = "<image>\n" + qa.text if i == 0 else follow_up_text(qa)
-        turns.append({"from": "human", "value": value})
-        turns.append({"from": "gpt", "value": qa.answer})
-    return {"id": record_id, "image": image, "conversations": turns}
+    return {"id": record_id, "image": image, "conversations": _conversation(qas, "<image>\n")}

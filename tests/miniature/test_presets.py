@@ -1,6 +1,8 @@
 """Miniature presets keep the LLaVA-1.5 budgets (ALGORITHM.md §4.1) on a shallower LM."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from duet_jax.miniature import presets
@@ -24,6 +26,21 @@ def test_duet_on_32_layers_is_the_real_preset():
     for budget in presets.BUDGETS:
         mini, real = presets.duet(budget, 32), get_preset(f"llava15-duet-{budget}")
         assert (mini.stage1, mini.stage2) == (real.stage1, real.stage2)
+
+
+@pytest.mark.parametrize("budget", presets.BUDGETS)
+def test_paper_variants_differ_from_the_default_only_where_the_paper_says(budget):
+    """vanilla = VisionZip clustering + last-token drops; C = local clustering +
+    last-token drops (ALGORITHM.md §1); same token counts as the default."""
+    default = presets.duet(budget, 4)
+    for variant, mode in (("vanilla", "visionzip"), ("C", "duet")):
+        cfg = presets.duet(budget, 4, variant)
+        assert cfg.stage1.mode == mode and cfg.stage2.queries == "last"
+        assert dataclasses.replace(cfg.stage1, mode="duet") == default.stage1
+        assert dataclasses.replace(cfg.stage2, queries=default.stage2.queries) == default.stage2
+        assert average_visual_tokens(cfg, 576, 4) == PAPER_AVG[budget]
+    names = {presets.duet(budget, 4, v).name for v in ("", "vanilla", "C")}
+    assert len(names) == 3
 
 
 @pytest.mark.parametrize("budget", presets.BUDGETS)
