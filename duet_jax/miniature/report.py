@@ -3,22 +3,37 @@
 Scores are the benchmarks' reported numbers (POPE: mean F1 over the three
 splits; TextVQA: soft accuracy; GQA: exact-match accuracy), each also shown
 relative to the unreduced baseline; "Avg" is the paper's relative average
-(EVAL.md §8) over the three miniature benchmarks:
-100 * mean_b score_b(method) / score_b(baseline).
+(EVAL.md §8), 100 * mean_b score_b(method) / score_b(baseline), over the
+benchmarks the model reads from the picture: those where the unreduced model
+beats the blind control (the same questions beside another question's image)
+by GROUNDED_MARGIN points. On the others a reduction can only move the answer
+prior (e.g. how often POPE is answered "Yes"), so they are shown, starred, and
+left out of Avg.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from duet_jax.evaluation.scoring.relative import relative_average
 from duet_jax.miniature.dataset import BENCHMARKS
 
 LABELS = {"pope": "POPE F1", "textvqa": "TextVQA", "gqa": "GQA"}
+GROUNDED_MARGIN = 10.0      # points above the blind control
 
 
-def relative_avg(scores: Dict[str, float], base: Dict[str, float]) -> Optional[float]:
-    return relative_average(scores, base, BENCHMARKS)
+def grounded(results: dict, base_name: str) -> Tuple[str, ...]:
+    """The benchmarks the unreduced model answers from the picture (all without a control)."""
+    from duet_jax.miniature.evaluate import BLIND
+    if BLIND not in results:
+        return BENCHMARKS
+    base, blind = results[base_name]["scores"], results[BLIND]["scores"]
+    return tuple(b for b in BENCHMARKS if base[b] - blind[b] >= GROUNDED_MARGIN)
+
+
+def relative_avg(scores: Dict[str, float], base: Dict[str, float],
+                 benchmarks: Sequence[str] = BENCHMARKS) -> Optional[float]:
+    return relative_average(scores, base, benchmarks) if benchmarks else None
 
 
 def _cell(value: float, base: float) -> str:
@@ -26,9 +41,12 @@ def _cell(value: float, base: float) -> str:
     return f"{value:5.1f} ({rel:5.1f}%)"
 
 
-def table(rows: List[dict], base: Dict[str, float], title: str, extra: str = "") -> str:
-    """rows: {method, tokens, scores or None, note, [extra column value]} -> aligned text."""
-    head = f"{'method':<24}{'tokens':>8}  " + "".join(f"{LABELS[b]:>17}" for b in BENCHMARKS)
+def table(rows: List[dict], base: Dict[str, float], title: str, extra: str = "",
+          in_avg: Sequence[str] = BENCHMARKS) -> str:
+    """rows: {method, tokens, scores or None, note, [extra column value]} -> aligned text.
+    in_avg: the benchmarks Avg covers; the others are starred and footnoted."""
+    head = f"{'method':<24}{'tokens':>8}  " + "".join(
+        f"{LABELS[b] + ('' if b in in_avg else '*'):>17}" for b in BENCHMARKS)
     head += f"{'Avg':>9}" + (f"{extra:>10}" if extra else "")
     lines = [title, head, "-" * len(head)]
     for r in rows:
@@ -37,11 +55,14 @@ def table(rows: List[dict], base: Dict[str, float], title: str, extra: str = "")
             line += r.get("note", "n/a")
         else:
             line += "".join(f"{_cell(r['scores'][b], base[b]):>17}" for b in BENCHMARKS)
-            avg = relative_avg(r["scores"], base)
+            avg = relative_avg(r["scores"], base, in_avg)
             line += f"{avg:8.1f}%" if avg is not None else f"{'n/a':>9}"
             if extra:
                 line += f"{r.get('extra', ''):>10}"
         lines.append(line)
+    if len(in_avg) < len(BENCHMARKS):
+        lines.append(f"* within {GROUNDED_MARGIN:.0f} points of the blind control (another's "
+                     "image): not read from the picture, left out of Avg")
     return "\n".join(lines)
 
 
@@ -70,7 +91,7 @@ def inference_table(results: dict, presets: dict, base_name: str, num_layers: in
                 rows.append({"method": method, "tokens": f"{avg:.0f}", "scores": r["scores"],
                              "extra": f"{base['seconds'] / r['seconds']:.2f}x"})
     return table(rows, base["scores"], "Inference-only (paper Tables 1 + 5), baseline model:",
-                 extra="speedup")
+                 extra="speedup", in_avg=grounded(results, base_name))
 
 
 def trained_table(results: dict, base_name: str, duet_name: str, trained_name: str,
@@ -86,7 +107,7 @@ def trained_table(results: dict, base_name: str, duet_name: str, trained_name: s
             {"method": "DUET trained with DUET", "tokens": str(budget),
              "scores": results[trained_name]["scores"], "extra": cut}]
     return table(rows, base, f"Trained with DUET (paper Tables 3 + 6) at {budget} tokens:",
-                 extra="train ↓")
+                 extra="train ↓", in_avg=grounded(results, base_name))
 
 
 def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: str,
@@ -97,17 +118,23 @@ def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: 
     from duet_jax.reduction import average_visual_tokens
 
     base = results[base_name]["scores"]
+    in_avg = grounded(results, base_name)
+
+    def rel(name):      # NaN (no point) when no benchmark is read from the picture
+        value = relative_avg(results[name]["scores"], base, in_avg)
+        return float("nan") if value is None else value
+
     fig = Figure(figsize=(7, 4.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     markers = {"VisionZip": "s", "PyramidDrop": "^", "DUET (vanilla)": "v", "DUET (C)": "D",
                "DUET": "o"}
     for method, cfgs in presets.items():
-        pts = [(average_visual_tokens(c, 576, num_layers),
-                relative_avg(results[c.name]["scores"], base)) for _, c in cfgs if c is not None]
+        pts = [(average_visual_tokens(c, 576, num_layers), rel(c.name))
+               for _, c in cfgs if c is not None]
         if pts:
             ax.plot(*zip(*sorted(pts)), marker=markers.get(method, "o"), label=method)
-    trained = relative_avg(results[trained_name]["scores"], base)
+    trained = rel(trained_name)
     ax.plot([trained_budget], [trained], "P", markersize=11, color="tab:purple",
             label="DUET trained with DUET")
     ax.plot([576], [100.0], "*", markersize=13, color="tab:red", label="unreduced (576)")
@@ -116,7 +143,7 @@ def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: 
     ax.set_xticks([64, 128, 192, 576])
     ax.set_xticklabels(["64", "128", "192", "576"])
     ax.set_xlabel("average visual tokens per LM layer")
-    ax.set_ylabel("relative average accuracy (%)")
+    ax.set_ylabel("relative accuracy (%): " + ", ".join(LABELS[b] for b in in_avg))
     ax.set_title("Miniature DUET-VLM: accuracy vs visual tokens (test split)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
