@@ -117,6 +117,7 @@ def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: 
     """Relative average (%) against average visual tokens per LM layer."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
     from duet_jax.reduction import average_visual_tokens
 
     base = results[base_name]["scores"]
@@ -141,7 +142,12 @@ def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: 
             label="DUET trained with DUET")
     ax.plot([576], [100.0], "*", markersize=13, color="tab:red", label="unreduced (576)")
     ax.axhline(100.0, color="tab:red", linestyle="--", linewidth=0.8)
+    from duet_jax.miniature.evaluate import BLIND
+    if BLIND in results:    # the floor: the same questions beside another question's image
+        ax.axhline(rel(BLIND), color="tab:gray", linestyle=":", linewidth=1.2,
+                   label="another's image (blind control)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticks([64, 128, 192, 576])
     ax.set_xticklabels(["64", "128", "192", "576"])
     ax.set_xlabel("average visual tokens per LM layer")
