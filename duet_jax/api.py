@@ -64,7 +64,6 @@ class Handle:
         from duet_jax.data.images import load_image_processor
         return load_image_processor(self.path, image_size=self.config.vision.image_size)
 
-
     def _generate(self, module, params, batch: dict, pixels, red, *, max_new_tokens: int,
                   temperature: float, top_p: float, seed: int, media: str = "an image"):
         """`generate_tokens` on an encoded batch; Stage 2 needs `media` in every sample."""

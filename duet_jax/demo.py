@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     agreement_and_presets(os.path.join(args.workdir, "agreement"), args.presets)
     if args.miniature:
         from duet_jax.miniature.pipeline import PipelineConfig, run
-        result = run(PipelineConfig(out=args.workdir, from_scratch=args.from_scratch), log=lambda line: print(line, flush=True))
+        result = run(PipelineConfig(out=args.workdir, from_scratch=args.from_scratch),
+                     log=lambda line: print(line, flush=True))
         print(f"\n{result['inference_table']}\n\n{result['trained_table']}")
         print(f"\nplot: {result['plot']}\nkept-token pictures: {result['kept_dir']}/\n"
               f"report: {result['report']}")

@@ -99,15 +99,17 @@ def headlines(blocks: dict) -> Dict[str, float]:
     return {b: float(blocks[b][HEADLINE[b]]) for b in BENCHMARKS}
 
 
-def time_prefill(model, reduction, data_dir: str, split: str, *, batch_size: int, length: int,
-                 repeats: int = 7) -> float:
-    """Median seconds of one jitted prefill (the logits of a batch of `batch_size` POPE
-    prompts with their images, the benchmarks' padded shape), after a compile call."""
+def timing_batch(model, data_dir: str, split: str, *, batch_size: int, length: int) -> dict:
+    """The first `batch_size` POPE prompts with their images, in the benchmarks' padded shape."""
     from duet_jax.evaluation import runner
     questions = _questions(data_dir, split, "pope")
     images = eval_paths(data_dir, split, "pope")["images"]
     idxs = list(range(min(batch_size, len(questions))))
-    batch = runner.encode_batch(model, questions, idxs, images, batch_size, length)
+    return runner.encode_batch(model, questions, idxs, images, batch_size, length)
+
+
+def time_prefill(model, reduction, batch: dict, repeats: int = 7) -> float:
+    """Median seconds of one jitted prefill (the logits of `batch`), after a compile call."""
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
@@ -121,8 +123,7 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
                    split: str, out_dir: str, *, batch_size: int = 16, save_kept: int = 2,
                    model_digest: str = "", log=print) -> dict:
     """{name: {"scores": {benchmark: headline}, "blocks", "seconds" (time_prefill), "eval_s"}}
-    for every
-    (name -> ReductionConfig or None) in `configs` (name BLIND: unreduced, every
+    for every (name -> ReductionConfig or None) in `configs` (name BLIND: unreduced, every
     question shown another question's image); cached in out_dir/results.json for
     the model `model_digest` (another digest clears out_dir first)."""
     import shutil
@@ -141,6 +142,7 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
         return {n: results[n] for n in configs}
     model = load_model(model_path)
     length = prompt_length(model, data_dir, split)
+    batch = timing_batch(model, data_dir, split, batch_size=batch_size, length=length)
     for name in todo:
         reduction = configs[name]
         for sub in ("answers", "kept"):     # partial leftovers of an interrupted run
@@ -151,8 +153,7 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
                                 save_kept=save_kept if reduction is not None else 0,
                                 other_image=name == BLIND)
         eval_s = time.perf_counter() - t0
-        seconds = time_prefill(model, reduction, data_dir, split, batch_size=batch_size,
-                               length=length)
+        seconds = time_prefill(model, reduction, batch)
         results[name] = {"scores": headlines(blocks), "blocks": blocks, "seconds": seconds,
                          "eval_s": eval_s}
         scores = ", ".join(f"{b} {v:.1f}" for b, v in results[name]["scores"].items())

@@ -23,7 +23,8 @@ from duet_jax.miniature.tower import TowerConfig
 
 REPO = training.REPO
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
-CONFIGS = {"text": "configs/miniature-text.yaml", "pretrain": "configs/miniature.yaml", "finetune-full": "configs/miniature-finetune.yaml",
+CONFIGS = {"text": "configs/miniature-text.yaml", "pretrain": "configs/miniature.yaml",
+           "finetune-full": "configs/miniature-finetune.yaml",
            "finetune-duet": "configs/miniature-finetune-duet.yaml"}
 
 

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from duet_jax.evaluation.scoring.relative import relative_average
 from duet_jax.miniature.dataset import BENCHMARKS
+from duet_jax.miniature.evaluate import BLIND
 
 LABELS = {"pope": "POPE F1", "textvqa": "TextVQA", "gqa": "GQA"}
 GROUNDED_MARGIN = 10.0      # points above the blind control
@@ -26,7 +27,6 @@ GROUNDED_MARGIN = 10.0      # points above the blind control
 
 def grounded(results: dict, base_name: str) -> Tuple[str, ...]:
     """The benchmarks the unreduced model answers from the picture (all without a control)."""
-    from duet_jax.miniature.evaluate import BLIND
     if BLIND not in results:
         return BENCHMARKS
     base, blind = results[base_name]["scores"], results[BLIND]["scores"]
@@ -71,7 +71,6 @@ def table(rows: List[dict], base: Dict[str, float], title: str, extra: str = "",
 def inference_table(results: dict, presets: dict, base_name: str, num_layers: int) -> str:
     """Table 1 / 5 in miniature: every method at every budget on the baseline model."""
     from duet_jax.reduction import average_visual_tokens
-    from duet_jax.miniature.evaluate import BLIND
     base = results[base_name]
     rows = [{"method": "unreduced", "tokens": "576", "scores": base["scores"],
              "extra": "1.00x"}]
@@ -142,7 +141,6 @@ def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: 
             label="DUET trained with DUET")
     ax.plot([576], [100.0], "*", markersize=13, color="tab:red", label="unreduced (576)")
     ax.axhline(100.0, color="tab:red", linestyle="--", linewidth=0.8)
-    from duet_jax.miniature.evaluate import BLIND
     if BLIND in results:    # the floor: the same questions beside another question's image
         ax.axhline(rel(BLIND), color="tab:gray", linestyle=":", linewidth=1.2,
                    label="another's image (blind control)")

@@ -40,7 +40,7 @@ def test_avg_leaves_out_and_stars_the_blind_level_benchmarks():
     assert "*" not in full
 
 
-def test_plot_without_grounded_benchmarks_draws_no_points(tmp_path):
+def test_plot_renders_when_no_benchmark_is_grounded(tmp_path):
     from duet_jax.miniature import presets
     blind = dict(BASE)
     results = _results(BASE, blind, REDUCED)
