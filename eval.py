@@ -16,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("pope", "textvqa", "gqa", "mme", "sqa", "seed", "video")
+from duet_jax.evaluation.scoring import BENCHMARKS
 EXIT_ERROR = 2
 
 
@@ -141,17 +141,13 @@ def _score(args) -> int:
     return 0
 
 
-def _load_runner():
-    # imported on use: `score` must not pay for (or need) JAX
-    return importlib.import_module("duet_jax.evaluation.runner")
-
-
+# run and sweep are imported on use: `score` must not pay for (or need) JAX
 def _run(args) -> int:
-    return _load_runner().run_command(args) or 0
+    return importlib.import_module("duet_jax.evaluation.runner").run_command(args) or 0
 
 
 def _sweep(args) -> int:
-    return _load_runner().sweep_command(args) or 0
+    return importlib.import_module("duet_jax.evaluation.sweep").sweep_command(args) or 0
 
 
 def main(argv=None) -> int:

@@ -7,9 +7,11 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_llava": ("duet_jax.api", "load_llava"), "Llava": ("duet_jax.api", "Llava"),
-         "load_qwen25vl": ("duet_jax.api_qwen", "load_qwen25vl"),
-         "Qwen25VL": ("duet_jax.api_qwen", "Qwen25VL"),
+_LAZY = {"load_llava": ("duet_jax.api", "load_llava"), "load": ("duet_jax.api", "load"),
+         "Llava": ("duet_jax.api", "Llava"), "LlavaNext": ("duet_jax.api", "LlavaNext"),
+         "VideoLlava": ("duet_jax.api", "VideoLlava"),
+         "load_qwen25vl": ("duet_jax.api", "load_qwen25vl"),
+         "Qwen25VL": ("duet_jax.api", "Qwen25VL"),
          "presets": ("duet_jax.presets", None),
          "reduction": ("duet_jax.reduction", None)}
 
@@ -22,4 +24,5 @@ def __getattr__(name):
     return mod if attr is None else getattr(mod, attr)
 
 
-__all__ = ["load_llava", "Llava", "load_qwen25vl", "Qwen25VL", "presets", "reduction"]
+__all__ = ["load_llava", "load", "Llava", "LlavaNext", "VideoLlava", "load_qwen25vl", "Qwen25VL",
+           "presets", "reduction"]

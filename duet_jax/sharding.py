@@ -104,3 +104,8 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
     # modules need no sharding annotations of their own.
     return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
                          axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def place_on_mesh(params, mesh: Mesh, rules: Mapping = DEFAULT_RULES):
+    """`params` (host or device arrays) placed on `mesh` by `param_shardings`."""
+    return jax.device_put(params, param_shardings(params, mesh, rules))

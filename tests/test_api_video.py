@@ -6,7 +6,9 @@ import torch
 from PIL import Image
 
 import duet_jax
-from duet_jax.api_video import VideoLlava, build_video_prompt, load_frames
+from duet_jax.api import VideoLlava
+from duet_jax.data.conversation import build_video_prompt
+from duet_jax.data.frames import load_frames
 from tests.helpers.tiny_video import build_tiny_video_checkpoint
 
 

@@ -17,6 +17,12 @@ VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+# llava_v1 (Video-LLaVA's eval scripts): vicuna_v1's system with "human" for "user" (twice)
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+MEDIA_PLACEHOLDER = {"image": "<image>", "video": "<video>"}
 
 # A message is (role, text); text None means "open turn" (the prompt ends with "ROLE:").
 Message = Tuple[str, Optional[str]]
@@ -128,3 +134,9 @@ def build_training_conversation(turns: Sequence[Tuple[str, str]], template: str 
             raise ValueError(f"the plain template needs exactly 2 turns, got {len(turns)}")
         return IMAGE_TOKEN + turns[1][1] + conv.sep
     return conv.render(training_messages(turns, conv))
+
+
+def build_video_prompt(text: str, media: Optional[str]) -> str:
+    """llava_v1 prompt: system, ' USER: ', `<video>\\n` (or `<image>\\n`) + text, ' ASSISTANT:'."""
+    message = text if media is None else f"{MEDIA_PLACEHOLDER[media]}\n{text}"
+    return f"{LLAVA_V1_SYSTEM} USER: {message} ASSISTANT:"

@@ -16,38 +16,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 
-import numpy as np
 from PIL import Image
 
-from .questions import VIDEO_FRAMES, Question, resolve_image_path, resolve_video_path
+from duet_jax.data.frames import FRAME_EXTS, VIDEO_FRAMES, frame_files, frame_indices
+
+from .questions import Question, resolve_image_path, resolve_video_path
 from .scoring.common import ScoreError
 
-_FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def frame_indices(num_frames: int, wanted: int = VIDEO_FRAMES) -> np.ndarray:
-    """Video-LLaVA's frame choice: `linspace(0, n - 1, wanted)` truncated to ints."""
-    if num_frames < 1:
-        raise ValueError("a video needs at least one frame")
-    return np.linspace(0, num_frames - 1, wanted, dtype=int)
-
-
-def _frame_sort_key(name: str):
-    stem = os.path.splitext(name)[0]
-    numbers = re.findall(r"\d+", stem)
-    return (int(numbers[-1]) if numbers else -1, name)
 
 
 def frame_folder(videos_dir: str, question: Question) -> str | None:
     folder = os.path.join(videos_dir, question.image)
     return folder if os.path.isdir(folder) else None
-
-
-def _frame_files(folder: str) -> list[str]:
-    names = [n for n in os.listdir(folder) if n.lower().endswith(_FRAME_EXTS)]
-    return [os.path.join(folder, n) for n in sorted(names, key=_frame_sort_key)]
 
 
 def video_decoder() -> str | None:
@@ -80,9 +61,9 @@ def check_media(benchmark: str, images_dir: str, questions: list[Question]) -> l
     for q in questions:
         folder = frame_folder(images_dir, q)
         if folder is not None:
-            if not _frame_files(folder):
+            if not frame_files(folder):
                 raise ScoreError(f"{folder}: frame folder holds no image files "
-                                 f"({', '.join(_FRAME_EXTS)})")
+                                 f"({', '.join(FRAME_EXTS)})")
             kept.append(q)
         elif resolve_video_path(images_dir, q) is not None:
             need_decoder = need_decoder or resolve_video_path(images_dir, q)
@@ -120,7 +101,7 @@ def load_video_frames(videos_dir: str, question: Question,
     """`wanted` RGB frames of a video question (frame folder first, then the video file)."""
     folder = frame_folder(videos_dir, question)
     if folder is not None:
-        files = _frame_files(folder)
+        files = frame_files(folder)
         if not files:
             raise ScoreError(f"{folder}: frame folder holds no image files")
         out = []

@@ -18,16 +18,11 @@ import json
 import os
 import uuid
 
+from duet_jax.data.conversation import IMAGE_TOKEN, LLAVA_V1_SYSTEM, VICUNA_V1_SYSTEM
+from duet_jax.data.frames import VIDEO_FRAMES
+
 from .scoring.common import LETTER_ANSWER, ScoreError, read_json, read_jsonl, require_fields
 
-IMAGE_TOKEN = "<image>"
-# vicuna_v1 (LLaVA-1.5 image benchmarks) and llava_v1 (Video-LLaVA): identical except
-# that llava_v1 says "human" where vicuna_v1 says "user" (twice).
-SYSTEM_VICUNA_V1 = ("A chat between a curious user and an artificial intelligence assistant. "
-                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-SYSTEM_LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. "
-                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-VIDEO_FRAMES = 8
 STOP_STRING = "</s>"
 # model_vqa_loader's default (no script overrides it); model_vqa_science and the video
 # script hard-code 1024.
@@ -65,7 +60,7 @@ class Question:
 
     @property
     def system(self) -> str:
-        return SYSTEM_LLAVA_V1 if self.benchmark == "video" else SYSTEM_VICUNA_V1
+        return LLAVA_V1_SYSTEM if self.benchmark == "video" else VICUNA_V1_SYSTEM
 
 
 def user_message(question: Question) -> str:

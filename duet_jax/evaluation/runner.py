@@ -36,10 +36,10 @@ import numpy as np
 
 from . import answer_file, media
 from .questions import (DEFAULT_MAX_NEW_TOKENS, AnswerWriter, Question, answer_record,
-                        build_prompt, clean_output, load_questions, resolve_image_path)
+                        clean_output, load_questions, resolve_image_path)
+from .scoring import BENCHMARKS
 from .scoring.common import ScoreError
 
-BENCHMARKS = ("pope", "textvqa", "gqa", "mme", "sqa", "seed", "video")   # eval.py order
 DEFAULT_LENGTH_BUCKET = 32
 
 
@@ -137,38 +137,28 @@ def plan_batches(questions: list[Question], pending: list[int], batch_size: int,
     return sorted(batches, key=lambda b: b[0])
 
 
-def model_prompt(question: Question) -> str:
-    """What `Llava.encode` gets: the user text for the vicuna_v1 benchmarks (encode wraps
-    it into exactly `build_prompt(question)` and can find the question in it for the
-    `salient` query set), the full prompt otherwise (video's llava_v1 template)."""
-    if question.benchmark == "video":
-        return build_prompt(question)
-    return question.text
-
-
 def encode_batch(model, questions: list[Question], idxs: list[int], images_dir: str,
                  batch_size: int, bucket: int) -> dict:
-    """Right-padded batch of exactly `batch_size` rows and a bucketed length."""
+    """Right-padded batch of exactly `batch_size` rows and a bucketed length. The model gets
+    each question's user text: its `encode` wraps it in the family's template (vicuna_v1
+    for LLaVA, exactly `build_prompt(question)`, so the `salient` query set can find the
+    question in it; llava_v1 with one `<video>` for Video-LLaVA)."""
     fill = batch_size - len(idxs)
-    if questions[idxs[0]].benchmark == "video":    # a Video-LLaVA model (checked in run)
-        from duet_jax.api_video import build_video_prompt
-        prompts = [build_video_prompt(questions[i].text, "video") for i in idxs]
+    prompts = [questions[i].text for i in idxs]
+    prompts += [prompts[-1]] * fill
+    if questions[idxs[0]].benchmark == "video":    # a video model (checked in run)
         videos = [media.load_video_frames(images_dir, questions[i], model.config.num_frames)
                   for i in idxs]
-        batch = model.encode(prompts + [prompts[-1]] * fill, videos=videos + [videos[-1]] * fill)
+        batch = model.encode(prompts, videos=videos + [videos[-1]] * fill)
     else:
-        prompts = [model_prompt(questions[i]) for i in idxs]
         images = [media.load_question_image(images_dir, questions[i]) for i in idxs]
-        batch = model.encode(prompts + [prompts[-1]] * fill, images + [images[-1]] * fill)
-    length = batch["input_ids"].shape[1]
-    extra = -length % bucket
-    if extra:
-        pad_id = model.tokenizer.pad_token_id or 0
-        for key, value in batch.items():     # every [B, L] per-token array grows together
-            if getattr(value, "ndim", 0) == 2 and value.shape[1] == length:
-                fill_value = pad_id if key == "input_ids" else 0
-                batch[key] = np.pad(value, ((0, 0), (0, extra)), constant_values=fill_value)
-    return batch
+        batch = model.encode(prompts, images + [images[-1]] * fill)
+    return model.pad_length(batch, bucket)
+
+
+def run_media(benchmark: str) -> str:
+    """What a benchmark shows the model: "video" or "image"."""
+    return "video" if benchmark == "video" else "image"
 
 
 def safe_name(value) -> str:
@@ -220,12 +210,10 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
     """Generate and append answers for `pending` (question indices). Returns stats."""
     if spec.reduction is not None:
         try:
-            model.reduction(spec.reduction)
+            model.reduction(spec.reduction, media=run_media(spec.benchmark))
         except ValueError as e:
             raise ScoreError(f"--reduction {spec.reduction_name}: {e}") from None
-    shape_key = None
-    if hasattr(model, "shape_key"):
-        shape_key = lambda q: model.shape_key(resolve_image_path(spec.images, q))  # noqa: E731
+    shape_key = lambda q: model.shape_key(resolve_image_path(spec.images, q))  # noqa: E731
     batches = plan_batches(questions, pending, spec.batch_size, shape_key)
     writer = AnswerWriter(spec.answers, append=True)
     tokens = 0
@@ -248,7 +236,8 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
                                               skip_special_tokens=True)
                 writer.write(answer_record(questions[i], clean_output(text, spec.benchmark),
                                            model_id=spec.model_id, answer_id=answer_id(spec, i)))
-                if has_image and i < spec.save_kept and spec.benchmark != "video":
+                if has_image and i < spec.save_kept and model.kept_pictures \
+                        and spec.benchmark != "video":
                     _save_kept(model, spec, questions[i], i, batch, row, out.forward)
             tokens += int(lengths[:len(idxs)].sum())
             bar.update(len(idxs))
@@ -285,14 +274,11 @@ def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
     stats = {"answered": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
     if pending:
         model = load_model(spec.model_path, spec.dtype) if model is None else model
-        if not hasattr(model, "generate_batch"):
-            raise ScoreError(f"eval.py run takes LLaVA-1.5, LLaVA-NeXT and Video-LLaVA checkpoints "
-                             f"(the vicuna_v1 benchmark prompts); {spec.model_path} is a "
-                             f"{type(model).__name__}: use its .generate(prompts, images) instead")
-        if spec.benchmark == "video" and not hasattr(model.config, "num_frames"):
-            raise ScoreError(f"--benchmark video needs a Video-LLaVA checkpoint (config.json "
-                             f"model_type 'video_llava'); {spec.model_path} is an image-only "
-                             "LLaVA model")
+        if run_media(spec.benchmark) not in model.media:     # only video can miss
+            raise ScoreError(f"--benchmark {spec.benchmark} needs a Video-LLaVA checkpoint "
+                             f"(config.json model_type 'video_llava'), a model that reads "
+                             f"videos; {spec.model_path} is a {type(model).__name__}, which "
+                             f"reads {' and '.join(model.media)}s")
         answer_file.write_run_settings(meta, settings)
         stats = generate_answers(model, spec, questions, pending, max_new_tokens)
     total = answer_file.finalize(spec.answers, questions) if os.path.exists(spec.answers) else 0
@@ -325,7 +311,3 @@ def run_command(args) -> int:
         print(f"kept-token pictures: {spec.kept_dir}")
     return 0
 
-
-def sweep_command(args) -> int:
-    from .sweep import sweep_command as sweep
-    return sweep(args)

@@ -70,7 +70,7 @@ def test_answer_file_is_official_and_matches_unbatched_generate(ckpt, pope, refe
         assert a["text"] == alone
 
 
-def test_model_prompt_wraps_to_the_official_prompt(pope, tmp_path):
+def test_question_text_wraps_to_the_official_prompt(pope, tmp_path):
     from duet_jax.data.conversation import build_eval_prompt
     from duet_jax.evaluation.questions import build_prompt, load_questions
     sqa = tmp_path / "llava_test_CQM-A.json"
@@ -82,7 +82,8 @@ def test_model_prompt_wraps_to_the_official_prompt(pope, tmp_path):
                                       {"from": "gpt", "value": "B"}]}]))
     questions = load_questions("pope", pope["questions"]) + load_questions("sqa", str(sqa))
     for q in questions:
-        wrapped = build_eval_prompt(runner.model_prompt(q), has_image=q.image is not None)
+        # what encode_batch hands the model, wrapped as Llava.encode wraps it
+        wrapped = build_eval_prompt(q.text, has_image=q.image is not None)
         assert wrapped == build_prompt(q)
 
 

@@ -172,7 +172,7 @@ def test_reduced_decode_attends_to_each_segments_kept_tokens(tiny):
 def test_a_same_grid_batch_equals_each_sample_alone(tiny, name):
     """Batch 2 (one grid, different text lengths, right padding) == batch 1 per sample:
     logits of the valid rows and greedy decodes."""
-    from duet_jax.api_qwen import collate
+    from duet_jax.api.qwen25vl import collate
     from duet_jax.generation.qwen_decode import generate_qwen
     hf, cfg, params = tiny
     red, model = REDUCTIONS[name], Qwen25VLModel(cfg)
@@ -202,7 +202,7 @@ def test_a_same_grid_batch_equals_each_sample_alone(tiny, name):
 
 
 def test_a_mixed_grid_reduced_batch_is_a_clear_error(tiny):
-    from duet_jax.api_qwen import collate
+    from duet_jax.api.qwen25vl import collate
     _, cfg, params = tiny
     samples = [dict(zip(("input_ids", "pixel_values", "image_grid_thw"),
                         qwen_inputs((size,), seed=1))) for size in ((90, 130), (60, 60))]

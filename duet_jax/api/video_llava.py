@@ -17,57 +17,18 @@ normalisation, no padding, as `VideoLlavaImageProcessor` / the video processor d
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.api import Handle, image_logits
+from duet_jax.api.base import Handle
+from duet_jax.api.llava import image_logits
+from duet_jax.data.conversation import MEDIA_PLACEHOLDER as PLACEHOLDER, build_video_prompt
+from duet_jax.data.frames import load_frames
+from duet_jax.dtypes import parse_dtype
 from duet_jax.models.video_llava import VideoLlavaConfig, VideoLlavaModel, view_params
-
-SYSTEM_LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. "
-                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-PLACEHOLDER = {"image": "<image>", "video": "<video>"}
-
-
-def build_video_prompt(text: str, media: Optional[str]) -> str:
-    """llava_v1 prompt: system, ' USER: ', `<video>\\n` (or `<image>\\n`) + text, ' ASSISTANT:'."""
-    message = text if media is None else f"{PLACEHOLDER[media]}\n{text}"
-    return f"{SYSTEM_LLAVA_V1} USER: {message} ASSISTANT:"
-
-
-def load_frames(video, num_frames: int) -> list:
-    """A video as `num_frames` RGB frames spread like Video-LLaVA's loader (linspace).
-
-    video: a list of frames (PIL images or [H, W, 3] uint8 arrays), a [T, H, W, 3]
-    uint8 array, a `.npy` file of one, or a folder of frame image files. Video
-    files need a decoder that is not installed here: pre-extract the frames.
-    """
-    from PIL import Image
-    from duet_jax.evaluation.media import _frame_files, frame_indices
-    if isinstance(video, (str, os.PathLike)):
-        path = os.fspath(video)
-        if os.path.isdir(path):
-            files = _frame_files(path)
-            if not files:
-                raise ValueError(f"{path}: frame folder holds no image files")
-            frames = [files[i] for i in frame_indices(len(files), num_frames)]
-            out = []
-            for f in frames:
-                with Image.open(f) as img:
-                    out.append(img.convert("RGB"))
-            return out
-        if path.endswith(".npy") and os.path.isfile(path):
-            video = np.load(path)
-        else:
-            raise ValueError(f"{path}: pass a folder of frame images or a .npy [T, H, W, 3] uint8 "
-                             "array; video files need PyAV/decord, which are not installed here")
-    frames = list(video)
-    if not frames:
-        raise ValueError("a video needs at least one frame")
-    return [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f, np.uint8))
-            for f in (frames[i] for i in frame_indices(len(frames), num_frames))]
+from duet_jax.sharding import place_on_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,14 +37,32 @@ class VideoLlava(Handle):
     config: VideoLlavaConfig
     module: VideoLlavaModel
 
+    media = ("image", "video")
+
+    @classmethod
+    def load(cls, path: str, *, dtype: str = "float32", compute_dtype: Optional[str] = None,
+             mesh=None, vision_tower: Optional[str] = None, remat: bool = False):
+        """An HF Video-LLaVA dir or its `python -m convert` output."""
+        from duet_jax.checkpoints import load_params
+        from duet_jax.models.video_llava import unstack_video_params
+        if vision_tower is not None:
+            raise ValueError("vision_tower= is for original LLaVA directories; a Video-LLaVA "
+                             "checkpoint holds its own towers")
+        pdt = parse_dtype(dtype)
+        cfg, params = load_params(path, dtype=pdt)
+        if mesh is not None:
+            params = place_on_mesh(params, mesh)
+        module = VideoLlavaModel(cfg, dtype=parse_dtype(compute_dtype) or pdt, param_dtype=pdt,
+                                 remat=remat)
+        return cls(cfg, module, unstack_video_params(params), path)
+
     def reduction(self, reduction, media: str = "video"):
         """Resolves a preset name / config and checks it fits this model (per frame for video)."""
-        from duet_jax.reduction import resolve_reduction
-        red = resolve_reduction(reduction)
-        if red is not None:
-            red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers,
-                         crops=self.config.num_frames if media == "video" else 1)
-        return red
+        return super().reduction(reduction, media)
+
+    def check_reduction(self, red, media: str) -> None:
+        red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers,
+                     crops=self.config.num_frames if media == "video" else 1)
 
     def _media(self, input_ids, pixel_values, pixel_values_videos):
         if pixel_values_videos is None and pixel_values is not None and np.ndim(pixel_values) == 5:
@@ -166,38 +145,3 @@ class VideoLlava(Handle):
                               pixels, self.reduction(reduction, media),
                               max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, seed=seed, media="an image or video")
-
-    def generate(self, prompts: Sequence[str], images: Optional[Sequence] = None,
-                 videos: Optional[Sequence] = None, *, max_new_tokens: int = 128,
-                 reduction=None, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0) -> list:
-        """Decoded, stripped answers (special tokens skipped), one per prompt."""
-        out = self.generate_batch(self.encode(prompts, images, videos),
-                                  max_new_tokens=max_new_tokens, reduction=reduction,
-                                  temperature=temperature, top_p=top_p, seed=seed)
-        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-        return [self.tokenizer.decode(t[:n], skip_special_tokens=True).strip()
-                for t, n in zip(tokens, lengths)]
-
-
-def is_video_checkpoint(path: str) -> bool:
-    """Whether `path/config.json` describes a Video-LLaVA model (HF or converted dir)."""
-    import json
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            return json.load(f).get("model_type") == "video_llava"
-    except (OSError, ValueError, AttributeError):
-        return False    # load_params reports the problem with its own message
-
-
-def load_video_llava(path: str, dtype=jnp.float32, compute_dtype=None, remat: bool = False,
-                     mesh=None) -> VideoLlava:
-    """Loads an HF Video-LLaVA dir or its `python -m convert` output."""
-    from duet_jax.checkpoints import load_params
-    from duet_jax.models.video_llava import unstack_video_params
-    if mesh is not None:
-        raise ValueError("mesh= is not supported for Video-LLaVA checkpoints yet; load on one "
-                         "device (mesh=None)")
-    cfg, params = load_params(path, dtype=dtype)
-    module = VideoLlavaModel(cfg, dtype=compute_dtype or dtype, param_dtype=dtype, remat=remat)
-    return VideoLlava(cfg, module, unstack_video_params(params), path)

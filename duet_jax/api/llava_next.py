@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.api import Llava, _logits
+from duet_jax.api.llava import Llava, _logits
 from duet_jax.models import anyres
-from duet_jax.models.llava_next import NextImages
+from duet_jax.models.llava_next import LlavaNextModel, NextImages
 
 
 def as_images(pixel_values, image_sizes=None) -> NextImages:
@@ -38,6 +38,7 @@ def as_images(pixel_values, image_sizes=None) -> NextImages:
 @dataclasses.dataclass(frozen=True)
 class LlavaNext(Llava):
     """LLaVA-NeXT handle; `pixel_values` may be `NextImages` or come with `image_sizes=`."""
+    module_class = LlavaNextModel
 
     def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None,
                image_sizes=None):
@@ -67,7 +68,8 @@ class LlavaNext(Llava):
         with Image.open(image_path) as img:
             return self.bucket_size(img.height, img.width)
 
-    def encode(self, prompts: Sequence[str], images: Sequence, *, bucket: bool = True) -> dict:
+    def encode(self, prompts: Sequence[str], images: Optional[Sequence] = None,
+               videos: Optional[Sequence] = None, *, bucket: bool = True) -> dict:
         """Messages + images (paths or PIL images; one per prompt) -> a right-padded batch.
 
         vicuna_v1 template as LLaVA-1.5, but tokenized as `LlavaNextProcessor` does: the
@@ -77,6 +79,7 @@ class LlavaNext(Llava):
         from duet_jax.data.images import load_image
         from duet_jax.data.salient import salient_token_mask
         from duet_jax.data.tokenize import expand_image_placeholders, right_pad
+        images = self.images_only(prompts, images, videos)
         if len(prompts) != len(images) or any(im is None for im in images):
             raise ValueError("LLaVA-NeXT batches need exactly one image per prompt")
         from duet_jax.data.resolution_buckets import resize

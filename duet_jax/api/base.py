@@ -1,0 +1,149 @@
+"""The handle contract every model family implements (`duet_jax.load_llava(path)` returns one).
+
+    model.encode(prompts, images=None, videos=None) -> batch dict (right-padded, batched)
+    model.logits(input_ids, pixel_values=None, attention_mask=None, reduction=None, **media)
+    model.generate_batch(batch, *, max_new_tokens, reduction, temperature, top_p, seed)
+        -> duet_jax.generation.decode.Generated (tokens [B, T], lengths [B], forward)
+    model.generate(prompts, images=None, videos=None, *, ...) -> list[str]
+    model.reduction(preset_or_config, media="image") -> the validated ReductionConfig or None
+    model.shape_key(image_path) -> the compile-relevant shape of an image (for batching)
+    model.pad_length(batch, multiple) -> the batch right-padded to a multiple of tokens
+
+`media` names what a family reads ("image", "video"); the evaluation runner uses
+only this contract. Handles are thin, frozen containers: config + pure module +
+params (+ the directory the tokenizer and processor load from).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from duet_jax.generation.decode import generate_tokens
+from duet_jax.reduction import resolve_reduction
+
+def check_directory(path) -> str:
+    """`path` as a str, or FileNotFoundError saying what to pass."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        what = "does not exist" if not os.path.exists(path) else "is not a directory"
+        raise FileNotFoundError(f"{path} {what}; pass a model checkpoint directory (HF, original "
+                                "LLaVA or a python -m convert output)")
+    return path
+
+
+# per-token batch keys: what `pad_length` grows, and the value it pads with (None: pad id)
+TOKEN_KEYS = {"input_ids": None, "attention_mask": 0, "salient_mask": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Handle:
+    """Config + pure module + params, and the directory tokenizer and processor load from."""
+    config: Any
+    module: Any
+    params: Any
+    path: Optional[str] = None
+
+    media = ("image",)           # what `encode` / `generate` read besides text
+    kept_pictures = True         # `eval.py run --save-kept` can draw its kept tokens
+
+    @functools.cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+        if self.path is None:
+            raise ValueError("this model was not loaded from a directory; pass a tokenizer")
+        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+
+    @functools.cached_property
+    def image_processor(self):
+        from duet_jax.data.images import load_image_processor
+        return load_image_processor(self.path, image_size=self.config.vision.image_size)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    def reduction(self, reduction, media: str = "image"):
+        """Resolves a preset name / config / None and checks it fits this model and media."""
+        red = resolve_reduction(reduction)
+        if red is not None:
+            self.check_reduction(red, media)
+        return red
+
+    def check_reduction(self, red, media: str) -> None:
+        """Raises ValueError (naming the preset and the fix) if `red` cannot run here."""
+        raise NotImplementedError
+
+    def shape_key(self, image_path: str) -> tuple:
+        """The compile-relevant shape of an image file: () where every image is
+        processed to one size; families with dynamic resolution override it."""
+        return ()
+
+    def pad_length(self, batch: dict, multiple: int) -> dict:
+        """`batch` with its per-token arrays right-padded to a multiple of `multiple`
+        (padding is masked: it changes no logit of a real row)."""
+        length = batch["input_ids"].shape[1]
+        extra = -length % multiple
+        if not extra:
+            return batch
+        out = dict(batch)
+        for key, fill in TOKEN_KEYS.items():
+            if out.get(key) is not None:
+                out[key] = np.pad(np.asarray(out[key]), ((0, 0), (0, extra)),
+                                  constant_values=self.pad_id if fill is None else fill)
+        return out
+
+    def images_only(self, prompts: Sequence[str], images: Optional[Sequence],
+                    videos: Optional[Sequence]) -> list:
+        """The per-prompt images of an image-only family (None entries: text-only)."""
+        if videos is not None:
+            raise ValueError(f"{type(self).__name__} reads images only; pass images= (one per "
+                             "prompt, None for text-only), not videos=")
+        return [None] * len(prompts) if images is None else list(images)
+
+    def encode(self, prompts: Sequence[str], images: Optional[Sequence] = None,
+               videos: Optional[Sequence] = None) -> dict:
+        raise NotImplementedError
+
+    def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
+        raise NotImplementedError
+
+    def _generate(self, module, params, batch: dict, pixels, red, *, max_new_tokens: int,
+                  temperature: float, top_p: float, seed: int, media: str = "an image"):
+        """`generate_tokens` on an encoded batch; Stage 2 needs `media` in every sample."""
+        every = bool(np.all(batch["has_image"]))
+        if red is not None and not every and red.stage2 is not None:
+            raise ValueError(f"Stage-2 generation needs {media} in every sample of the batch; "
+                             "batch text-only prompts separately")
+        eos = self.config.text.eos_token_id
+        return generate_tokens(module, params, jnp.asarray(batch["input_ids"]),
+                               jax.tree.map(jnp.asarray, pixels),
+                               jnp.asarray(batch["attention_mask"]), reduction=red,
+                               max_new_tokens=max_new_tokens, eos_id=-1 if eos is None else eos,
+                               pad_id=self.pad_id, temperature=temperature,
+                               top_p=top_p, rng=jax.random.key(seed),
+                               salient_mask=jnp.asarray(batch["salient_mask"])
+                               if "salient_mask" in batch else None,
+                               images_in_every_sample=every)
+
+    def decode_answers(self, out) -> list:
+        """`Generated` -> decoded, stripped answers (special tokens skipped), one per row."""
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        return [self.tokenizer.decode(t[:n], skip_special_tokens=True).strip()
+                for t, n in zip(tokens, lengths)]
+
+    def generate(self, prompts: Sequence[str], images: Optional[Sequence] = None,
+                 videos: Optional[Sequence] = None, *, max_new_tokens: int = 128,
+                 reduction=None, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0) -> list:
+        """Decoded, stripped answers (special tokens skipped), one per prompt."""
+        out = self.generate_batch(self.encode(prompts, images, videos),
+                                  max_new_tokens=max_new_tokens, reduction=reduction,
+                                  temperature=temperature, top_p=top_p, seed=seed)
+        return self.decode_answers(out)

@@ -1,0 +1,127 @@
+"""The LLaVA-1.5 handle (API.md §3); `duet_jax.api.registry.load_llava` returns it for
+HF / original / converted LLaVA directories."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from duet_jax.api.base import Handle
+from duet_jax.dtypes import parse_dtype
+from duet_jax.models.config import LlavaConfig
+from duet_jax.models.llava import LlavaModel, unstack_params
+
+
+@functools.partial(jax.jit, static_argnames=("module", "reduction", "images_in_every_sample"))
+def _logits(module, params, input_ids, pixel_values, attention_mask, reduction,
+            images_in_every_sample):
+    logits, seq = module.apply(params, input_ids, pixel_values, attention_mask,
+                               reduction=reduction, images_in_every_sample=images_in_every_sample)
+    return logits, seq.valid
+
+
+def image_logits(module, params, input_ids, pixels, attention_mask, reduction):
+    """[B, L', V] logits of a right-padded batch (`attention_mask` None: no padding)."""
+    if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    every = bool(np.all(np.asarray(input_ids == module.config.image_token_index).any(1)))
+    logits, _ = _logits(module, params, input_ids, pixels, jnp.asarray(attention_mask),
+                        reduction, every)
+    return logits
+
+
+@dataclasses.dataclass(frozen=True)
+class Llava(Handle):
+    """The LLaVA-1.5 handle (pre-processing: vicuna_v1 prompts, square-padded CLIP images)."""
+    config: LlavaConfig
+    module: LlavaModel
+    module_class = LlavaModel    # the pure module `load` builds (LLaVA-NeXT: LlavaNextModel)
+
+    @classmethod
+    def load(cls, path: str, *, dtype: str = "float32", compute_dtype: Optional[str] = None,
+             mesh=None, vision_tower: Optional[str] = None, remat: bool = False):
+        """An HF LLaVA dir (llava-hf or legacy layout), an original LLaVA dir
+        (`vision_tower=` its CLIP dir) or a `python -m convert` output."""
+        from duet_jax.checkpoints import load_params
+        pdt = parse_dtype(dtype)
+        shardings = None
+        if mesh is not None:
+            from duet_jax.sharding import param_shardings
+            shardings = param_shardings(cls._param_shapes(path, vision_tower), mesh)
+        cfg, params = load_params(path, dtype=pdt, shardings=shardings, vision_tower=vision_tower)
+        module = cls.module_class(cfg, dtype=parse_dtype(compute_dtype) or pdt, param_dtype=pdt,
+                                  remat=remat)
+        # donate: the stacked copy is freed leaf by leaf, so loading peaks at one
+        # leaf above the model size, not at twice the layer weights
+        return cls(cfg, module, unstack_params(params, donate=True), path)
+
+    @classmethod
+    def _param_shapes(cls, path: str, vision_tower: Optional[str]):
+        """ShapeDtypeStruct pytree of a checkpoint's params, from its config alone."""
+        from duet_jax.checkpoints.load import checkpoint_kind, llava_config, read_json
+        if checkpoint_kind(path) == "converted":
+            cfg = llava_config(read_json(os.path.join(path, "config.json")))
+        else:
+            from duet_jax.checkpoints.load import plan_conversion
+            cfg = plan_conversion(path, vision_tower).config
+        return jax.eval_shape(cls.module_class(cfg).init, jax.random.key(0))
+
+    def check_reduction(self, red, media: str = "image") -> None:
+        red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers)
+
+    def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None):
+        """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
+        input_ids = jnp.asarray(input_ids)
+        self.module.check_inputs(input_ids, pixel_values)
+        return image_logits(self.module, self.params, input_ids, jnp.asarray(pixel_values),
+                            attention_mask, self.reduction(reduction))
+
+    def encode(self, prompts: Sequence[str], images: Optional[Sequence] = None,
+               videos: Optional[Sequence] = None) -> dict:
+        """User messages + images (paths, PIL images or None) -> a right-padded batch.
+
+        A message is wrapped in the vicuna_v1 template with `<image>\\n` in front
+        (EVAL.md §0) unless it already is a full prompt ending in `ASSISTANT:`.
+        """
+        from duet_jax.data.conversation import build_eval_prompt
+        from duet_jax.data.images import preprocess_image
+        from duet_jax.data.tokenize import right_pad, tokenize_prompt
+        images = self.images_only(prompts, images, videos)
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
+                             "(or None) per prompt")
+        from duet_jax.data.salient import salient_token_mask
+        cfg, size = self.config, self.config.vision.image_size
+        ids, pixels, fulls = [], [], []
+        for text, image in zip(prompts, images):
+            full = text if text.rstrip().endswith("ASSISTANT:") else build_eval_prompt(
+                text, has_image=image is not None)
+            fulls.append(full)
+            ids.append(tokenize_prompt(full, self.tokenizer, image_token_index=cfg.image_token_index,
+                                       image_seq_length=cfg.image_seq_length))
+            pixels.append(np.zeros((3, size, size), np.float32) if image is None
+                          else preprocess_image(image, self.image_processor))
+        length = max(len(i) for i in ids)
+        input_ids, mask = right_pad(ids, length, self.tokenizer.pad_token_id or 0)
+        salient = np.zeros_like(mask, bool)
+        for b, (text, full, row) in enumerate(zip(prompts, fulls, ids)):
+            after = full.split("<image>", 1)[1] if "<image>" in full else ""
+            question = text.replace("<image>\n", "")
+            if question not in after:     # a caller-built full prompt: no question to locate
+                continue
+            offset = int(np.argmax(row == cfg.image_token_index)) + cfg.image_seq_length
+            salient[b] = salient_token_mask(after, question, self.tokenizer, offset, length)
+        return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": np.stack(pixels),
+                "has_image": np.array([im is not None for im in images]), "salient_mask": salient}
+
+    def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
+        """Token-level generation on an encoded batch -> `Generated` (tokens, lengths, forward)."""
+        return self._generate(self.module, self.params, batch, batch["pixel_values"],
+                              self.reduction(reduction), max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, seed=seed)

@@ -1,0 +1,49 @@
+"""Which handle a checkpoint directory gets: the family registry, keyed by config.json's
+`model_type` (HF, original LLaVA and converted directories all carry one)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from duet_jax.api.base import Handle, check_directory
+from duet_jax.api.llava import Llava
+from duet_jax.api.llava_next import LlavaNext
+from duet_jax.api.qwen25vl import Qwen25VL
+from duet_jax.api.video_llava import VideoLlava
+
+# model_type -> handle class; anything else is read as LLaVA-1.5 (original LLaVA dirs say
+# `llava_llama`), whose loader reports a directory it cannot read in one line.
+FAMILIES = {"llava": Llava, "llava_llama": Llava, "llava_next": LlavaNext,
+            "video_llava": VideoLlava, "qwen2_5_vl": Qwen25VL}
+
+
+def model_type(path: str) -> Optional[str]:
+    """config.json's `model_type`, or None where there is no readable one."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            value = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None     # the family's loader reports the problem with its own message
+    return value if isinstance(value, str) else None
+
+
+def handle_class(path: str) -> type:
+    return FAMILIES.get(model_type(path), Llava)
+
+
+def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str] = None,
+               mesh=None, vision_tower: Optional[str] = None, remat: bool = False) -> Handle:
+    """Loads any supported checkpoint directory into its family's handle: an HF LLaVA dir
+    (llava-hf or legacy layout), an original LLaVA dir (`vision_tower=` its CLIP dir),
+    LLaVA-NeXT, Video-LLaVA, Qwen2.5-VL, or a `python -m convert` output of any of them.
+
+    dtype: params dtype; compute_dtype defaults to it. mesh: a `jax.sharding.Mesh` to
+    load the params straight onto (see duet_jax.sharding).
+    """
+    path = check_directory(path)
+    return handle_class(path).load(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh,
+                                   vision_tower=vision_tower, remat=remat)
+
+
+load = load_llava
