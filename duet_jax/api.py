@@ -1,4 +1,4 @@
-"""The public model handle: `duet_jax.load_llava(path)` (API.md §3)."""
+"""The public model handle: `duet_jax.load_llava(path)` (docs/API.md §3)."""
 from __future__ import annotations
 
 import dataclasses
@@ -108,7 +108,7 @@ class Llava(Handle):
         """User messages + images (paths, PIL images or None) -> a right-padded batch.
 
         A message is wrapped in the vicuna_v1 template with `<image>\\n` in front
-        (EVAL.md §0) unless it already is a full prompt ending in `ASSISTANT:`.
+        (docs/EVAL.md §0) unless it already is a full prompt ending in `ASSISTANT:`.
         """
         from duet_jax.data.conversation import build_eval_prompt
         from duet_jax.data.images import preprocess_image
