@@ -1,4 +1,4 @@
-"""DUET-VLM benchmark evaluation (API.md §4, EVAL.md).
+"""DUET-VLM benchmark evaluation (docs/API.md §4, docs/EVAL.md).
 
     python eval.py run   --model PATH --benchmark pope --questions Q.jsonl --images DIR \\
                          --answers OUT.jsonl [--reduction llava15-duet-64] [--batch-size 8]
@@ -23,8 +23,10 @@ EXIT_ERROR = 2
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score an answer file against the official annotations")
     p.add_argument("--benchmark", required=True, help=", ".join(BENCHMARKS))
-    p.add_argument("--answers", required=True, help="answer file in the official format (EVAL.md §0/§7)")
-    p.add_argument("--annotations", required=True, help="official annotation file/folder (API.md §4 table)")
+    p.add_argument("--answers", required=True,
+                   help="answer file in the official format (docs/EVAL.md §0/§7)")
+    p.add_argument("--annotations", required=True,
+                   help="official annotation file/folder (docs/API.md §4 table)")
     p.add_argument("--questions", help="official question file; checks answers match it one to one "
                                        "(required for pope)")
     p.add_argument("--summary", required=True, help="run summary JSON; this benchmark's entry is merged in")

@@ -1,4 +1,4 @@
-"""DUET-VLM fine-tuning (API.md §5).
+"""DUET-VLM fine-tuning (docs/API.md §5).
 
     python train.py --config configs/<name>.yaml [--set key=value ...]
 

@@ -2,7 +2,7 @@
 the Stage-1 merge and the Stage-2 / FastV drops done as torch gathers between layers.
 
 This is the peer the prefill benchmark times beside the JAX model: same weights,
-same presets, the official semantics (ALGORITHM.md §2-3, §5). It serves batches
+same presets, the official semantics (docs/ALGORITHM.md §2-3, §5). It serves batches
 whose samples share one image position and length (the benchmark's prompts), which
 is all the official code supports as well (batch 1 at evaluation).
 """
@@ -37,7 +37,7 @@ def _vision_features(hf, pixels, stage1, feature_layer: int):
 
 
 def _merge(cls_attn, hidden, metric, stage1):
-    """Stage 1 (§2.2-2.4), modes duet / visionzip."""
+    """Stage 1 (docs/ALGORITHM.md §2.2-2.4), modes duet / visionzip."""
     b, _, n = cls_attn.shape
     d = stage1.dominant - 1
     m = n - d

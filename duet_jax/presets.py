@@ -1,4 +1,4 @@
-"""`duet_jax.presets` (API.md §3): the named reduction presets and their configs.
+"""`duet_jax.presets` (docs/API.md §3): the named reduction presets and their configs.
 
 The definitions live in `duet_jax.reduction.presets`; this module is the public
 spelling, so both `duet_jax.presets.PRESETS` and `from duet_jax.presets import

@@ -1,4 +1,4 @@
-"""`duet_jax.load_llava` (API.md §3) on HF and converted directories."""
+"""`duet_jax.load_llava` (docs/API.md §3) on HF and converted directories."""
 import subprocess
 import sys
 

@@ -6,7 +6,7 @@ and `Qwen2VLImageProcessorPil` (`return_tensors="np"`). `Qwen2_5_VLProcessor` it
 cannot be built without the torchvision video processor, so its one job on top of
 these, expanding each `<|image_pad|>` to `t*h*w / merge^2` copies, is done here.
 Reduction runs on batches whose samples hold one image each, all of one grid
-(the official code: batch 1, ALGORITHM.md §2.6); `generate` batches the prompts
+(the official code: batch 1, docs/ALGORITHM.md §2.6); `generate` batches the prompts
 of one resolution bucket.
 
 Static shapes: `encode` snaps each image to a resolution bucket

@@ -79,7 +79,7 @@ def get_template(name: str) -> Template:
 
 
 def build_eval_prompt(text: str, *, has_image: bool = True, template: str = "vicuna_v1") -> str:
-    """EVAL.md §0 prompt: user message `"<image>\\n" + text`, open assistant turn.
+    """docs/EVAL.md §0 prompt: user message `"<image>\\n" + text`, open assistant turn.
 
     >>> build_eval_prompt("Q?").endswith("USER: <image>\\nQ? ASSISTANT:")
     True

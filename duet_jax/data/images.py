@@ -1,4 +1,4 @@
-"""Image loading and LLaVA-1.5 preprocessing (EVAL.md §0, `image_aspect_ratio="pad"`).
+"""Image loading and LLaVA-1.5 preprocessing (docs/EVAL.md §0, `image_aspect_ratio="pad"`).
 
 load -> RGB -> pad to a square with the processor's mean colour (`int(255*m)`
 per channel, original centred as LLaVA's `expand2square`) -> the checkpoint's

@@ -1,4 +1,4 @@
-"""Salient question tokens for the `salient` Stage-2 query set (ALGORITHM.md §3.9).
+"""Salient question tokens for the `salient` Stage-2 query set (docs/ALGORITHM.md §3.9).
 
 The offline-safe project path: split the question with `[A-Za-z0-9']+|[?!:]`,
 keep question words and `? ! :`, drop English stopwords (NLTK's list,

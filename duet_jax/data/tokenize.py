@@ -5,7 +5,7 @@ Two layers:
 * LLaVA semantics with a single placeholder id per image (`IMAGE_PLACEHOLDER`,
   -200): `tokenizer_image_token`, `preprocess_v1`, `preprocess_plain`,
   reproduced from LLaVA-1.5 (including its label-masking arithmetic).
-* The llava-hf convention that the models consume (API.md §3): each
+* The llava-hf convention that the models consume (docs/API.md §3): each
   placeholder becomes `image_seq_length` consecutive `image_token_index` ids
   (`expand_image_placeholders`), labels -100 on the block.
 

@@ -1,4 +1,4 @@
-"""Benchmark evaluation (EVAL.md): question files, prompts, answer files and scorers.
+"""Benchmark evaluation (docs/EVAL.md): question files, prompts, answer files and scorers.
 
 Importing this package must not import JAX: `eval.py score` runs in about a second.
 The generation loop (`runner`) is imported lazily by `eval.py run` only.

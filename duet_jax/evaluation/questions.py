@@ -1,8 +1,9 @@
 """Question files in their official formats, the exact prompts, and answer lines.
 
-Used by `eval.py run`: it loads the questions, builds each prompt (EVAL.md §0, §5,
-§7), generates, and writes one answer line per question in the official format, so
-the official scorers (and `eval.py score`) read our answer files unchanged.
+Used by `eval.py run`: it loads the questions, builds each prompt
+(docs/EVAL.md §0, §5, §7), generates, and writes one answer line per question in the
+official format, so the official scorers (and `eval.py score`) read our answer files
+unchanged.
 
     questions = load_questions("pope", "llava_pope_test.jsonl")
     prompt = build_prompt(questions[0])   # "A chat ... USER: <image>\\nIs there ... ASSISTANT:"

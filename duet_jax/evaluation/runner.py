@@ -3,7 +3,7 @@
     python eval.py run --model M --benchmark pope --questions Q.jsonl --images DIR \\
                        --answers OUT.jsonl [--reduction llava15-duet-64] [--batch-size 8]
 
-* Prompts are the official ones (EVAL.md §0/§5/§7, `questions.build_prompt`);
+* Prompts are the official ones (docs/EVAL.md §0/§5/§7, `questions.build_prompt`);
   decoding is greedy, `max_new_tokens` 128 (1024 for sqa/video) unless given.
 * Batches follow question order (no length sorting); image and text-only
   questions (ScienceQA) never share a batch, and text-only ones run unreduced

@@ -22,7 +22,7 @@ from .questions import load_questions
 from .scoring import score_benchmark, update_summary
 from .scoring.common import ScoreError, read_json
 
-# The reported number of each benchmark (EVAL.md §1-§7) and a few secondary ones.
+# The reported number of each benchmark (docs/EVAL.md §1-§7) and a few secondary ones.
 HEADLINE = {"pope": ("f1_mean", "POPE F1"), "textvqa": ("accuracy", "TextVQA acc"),
             "gqa": ("accuracy", "GQA acc"), "mme": ("total", "MME P+C"),
             "sqa": ("accuracy", "SQA acc"), "seed": ("all", "SEED all"),

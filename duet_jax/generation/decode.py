@@ -1,6 +1,6 @@
 """Jitted prefill + KV-cached batched decoding, with Stage-2 reduction.
 
-Each layer segment keeps a cache of its own length (ALGORITHM.md §3.5-3.6):
+Each layer segment keeps a cache of its own length (docs/ALGORITHM.md §3.5-3.6):
 segment s holds `[B, L_s + T, KV, hd]` per layer, prefill writes slots
 `[0, L_s)` (padding slots masked), decode step t writes slot `L_s + t` for
 every sample. Image tokens dropped at a boundary are simply absent from the

@@ -2,7 +2,7 @@
 
 Prefill runs `reduced_forward` (Stage 1 + Stage 2 when given) and keeps every
 segment's cache: layers of segment s only ever see the tokens that survived up
-to s (ALGORITHM.md §3.5). Decode step t writes slot `L_s + t` of each segment's
+to s (docs/ALGORITHM.md §3.5). Decode step t writes slot `L_s + t` of each segment's
 cache; its M-RoPE id is `next_position + t` on all three axes (HF rope deltas;
 positions are kept, never renumbered).
 """

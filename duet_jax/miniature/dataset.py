@@ -1,5 +1,5 @@
 """Write the miniature data set: LLaVA-JSON training records and POPE / TextVQA / GQA
-evaluation files in the official formats (EVAL.md §1-3), for train/val/test splits.
+evaluation files in the official formats (docs/EVAL.md §1-3), for train/val/test splits.
 
     python -m duet_jax.miniature.dataset --out .cache/miniature/data
 
@@ -114,7 +114,7 @@ def write_pope(out: str, cfg: DataConfig, split: str, per_split: int) -> None:
                                 tasks.pope_question(sc, r, k % 2 == 0, c))
         for k, (index, qa) in enumerate(drawn):
             image = _save_stream(out, cfg, split, stream, index)
-            # POPE numbers each split's questions from its own base (EVAL.md §1).
+            # POPE numbers each split's questions from its own base (docs/EVAL.md §1).
             rows.append(_question_row(s * 10_000_000 + k + 1, image, qa))
             labels.setdefault(category, []).append({"question_id": s * 10_000_000 + k + 1,
                                                     "label": qa.answer.lower()})

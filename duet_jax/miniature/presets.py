@@ -1,11 +1,12 @@
-"""Reduction presets for the miniature LLaVA, derived from the LLaVA-1.5 ones (ALGORITHM.md §4-5).
+"""Reduction presets for the miniature LLaVA, derived from the LLaVA-1.5 ones
+(docs/ALGORITHM.md §4-5).
 
 The miniature tower has 24 x 24 = 576 patches like CLIP ViT-L/14-336, so every
 Stage-1 setting is the real preset's, unchanged: DUET `d, c, w` = 300/7/4,
 170/35/4, 72/30/4 and VisionZip's `d + c` = 162+30, 108+20, 54+10. Only the
 LM depth differs (L layers instead of 32): Stage-2 boundaries keep their
 *fraction* of the depth, so DUET's [16, 24] of 32 becomes [L/2, 3L/4], and the
-§4.1 averages are exactly the paper's (191.75 / 128 / 63.75).
+docs/ALGORITHM.md §4.1 averages are exactly the paper's (191.75 / 128 / 63.75).
 
 PyramidDrop has no published 192/128/64 schedule (the paper copies PDrop's
 own numbers); the project's LLaVA-1.5 presets drop at [2, 8, 16, 24] with
@@ -47,7 +48,7 @@ def duet(budget: int, num_layers: int, variant: str = "") -> ReductionConfig:
     variant: "" is the official code's default (local clustering, all text tokens
     rank the drops: the paper's C+all); "vanilla" and "C" are the paper's variants
     (VisionZip clustering resp. local clustering, the last text token ranks), with
-    the same token counts (ALGORITHM.md §1).
+    the same token counts (docs/ALGORITHM.md §1).
     """
     real = get_preset(f"llava15-duet-{budget}")
     mode, queries = {"": ("duet", real.stage2.queries), "vanilla": ("visionzip", "last"),
@@ -97,7 +98,7 @@ def inference_presets(num_layers: int, methods=METHODS, budgets=BUDGETS
 
 
 def describe(cfg: Optional[ReductionConfig], num_layers: int) -> str:
-    """One line: what a config does and its §4.1 average."""
+    """One line: what a config does and its docs/ALGORITHM.md §4.1 average."""
     if cfg is None:
         return "unreachable"
     parts = []

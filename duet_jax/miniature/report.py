@@ -3,7 +3,7 @@
 Scores are the benchmarks' reported numbers (POPE: mean F1 over the three
 splits; TextVQA: soft accuracy; GQA: exact-match accuracy), each also shown
 relative to the unreduced baseline; "Avg" is the paper's relative average
-(EVAL.md §8), 100 * mean_b score_b(method) / score_b(baseline), over the
+(docs/EVAL.md §8), 100 * mean_b score_b(method) / score_b(baseline), over the
 benchmarks the model reads from the picture: those where the unreduced model
 beats the blind control (the same questions beside another question's image)
 by GROUNDED_MARGIN points. On the others a reduction can only move the answer

@@ -1,6 +1,6 @@
 """Questions about a :class:`~duet_jax.miniature.scenes.Scene`, with their answers.
 
-Three families, mirroring the paper's benchmarks (EVAL.md §1-3):
+Three families, mirroring the paper's benchmarks (docs/EVAL.md §1-3):
 
 * POPE-style existence: "Is there a triangle in the image?", "Is there a
   letter K in the image?" Yes/No, over the 12 object categories (4 shapes, 8
@@ -130,7 +130,7 @@ def read_question(scene: Scene, rng: random.Random) -> Optional[QA]:
     thing = rng.choice(scene.letters)
     ocr = ", ".join(sorted(t.letter for t in scene.letters))
     question = f"What letter is written in {thing.color}?"
-    # TextVQA's three-line text: question, OCR hint, answer-format suffix (EVAL.md §2).
+    # TextVQA's three-line text: question, OCR hint, answer-format suffix (docs/EVAL.md §2).
     return QA("read", question, thing.letter,
               f"{question}\nReference OCR token: {ocr}\n{SHORT}", "read")
 

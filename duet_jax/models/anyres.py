@@ -130,7 +130,7 @@ def num_image_tokens(cfg: LlavaNextConfig, size_hw) -> int:
 
 
 def reduced_block_size(cfg: LlavaNextConfig, size_hw, k: int) -> int:
-    """Tokens of one image after Stage 1 (ALGORITHM.md §2.6): (1 + G) * K."""
+    """Tokens of one image after Stage 1 (docs/ALGORITHM.md §2.6): (1 + G) * K."""
     return num_crops(cfg, size_hw) * k
 
 

@@ -115,7 +115,7 @@ class LlavaModel:
                               width=stage1.width, mode=stage1.mode, **kwargs)
         # No stop_gradient here: selection (top_k, argmax) carries none anyway, and a
         # frozen tower is never differentiated (training splits off the trained groups),
-        # while an unfrozen one must get gradients through the kept rows (ALGORITHM.md §7).
+        # while an unfrozen one must get gradients through the kept rows (docs/ALGORITHM.md §7).
         return ImageFeatures(self.project(params, merged.tokens), merged.positions, merged)
 
     def splice(self, params: dict, input_ids: jax.Array, feats: jax.Array,

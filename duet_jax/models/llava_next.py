@@ -6,7 +6,7 @@ through the CLIP tower, the projector maps patch features, and
 the unpadded tile canvas in raster order with an `image_newline` row after
 each canvas row); the block replaces the image-token ids of the prompt.
 
-Reduced path (ALGORITHM.md §2.6, D13): Stage 1 per crop (`vision_merge`),
+Reduced path (docs/ALGORITHM.md §2.6, §6 D13): Stage 1 per crop (`vision_merge`),
 block = base crop's K rows; tiles' dominant patches in global canvas raster
 order; the G tile CLS rows; the G x C contextual rows tile-major; no unpad or
 newline rows; `(1 + G) K` tokens. Stage 2 runs on that whole block with
@@ -113,7 +113,8 @@ class LlavaNextModel(LlavaModel):
         return ImageFeatures(pool[index], None)
 
     def _merged_features(self, params: dict, images: NextImages, stage1) -> ImageFeatures:
-        """Stage 1 per crop, then the §2.6 NeXT block layout via one static-size sort."""
+        """Stage 1 per crop, then the NeXT block layout (docs/ALGORITHM.md §2.6) via one
+        static-size sort."""
         from duet_jax.reduction import vision_merge   # models call reduction, never the reverse
         if stage1.mode == "paper" or not stage1.cls_token:
             raise ValueError("the LLaVA-NeXT layout needs a CLS-carrying Stage 1 "

@@ -1,10 +1,10 @@
 """Qwen2.5-VL with DUET: Stage 1 in place on the merged vision tokens, Stage 2 in the LM.
 
-Stage 1 (ALGORITHM.md §2.6): scores/metric from the last vision block's full
+Stage 1 (docs/ALGORITHM.md §2.6): scores/metric from the last vision block's full
 attention, `vision_merge_in_place` on the post-merger embeddings, and the
 prompt is gathered so the K kept rows sit where the image block was, each
 with its original M-RoPE ids (the text after the image keeps its ids too).
-Stage 2 (§3.2-3.4 project default, §3.10): next-layer q/k with biases and
+Stage 2 (docs/ALGORITHM.md §3.2-3.4 project default, §3.10): next-layer q/k with biases and
 M-RoPE, causal mask, GQA, counts relative to n_0 = K, `positions='keep'`.
 Every length is static: grids and the presets' counts are host-known. The
 reduced paths take batch 1 (the official setting) or a batch whose samples hold

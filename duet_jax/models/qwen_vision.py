@@ -291,7 +291,7 @@ def vision_forward(cfg: QwenVisionConfig, params, pixel_values, grids: tuple, dt
 
 
 def stage1_inputs(cfg: QwenVisionConfig, params, last_input, grids: tuple, query_block: int = 512):
-    """Stage-1 scores and metric of ONE image from the last block's input (§2.6).
+    """Stage-1 scores and metric of ONE image from the last block's input (docs/ALGORITHM.md §2.6).
 
     Full attention of the last block (2-D RoPE applied) over the image's patches,
     whatever its window setting; score = column sum over queries of the head-mean

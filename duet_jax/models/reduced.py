@@ -1,9 +1,9 @@
 """The Llama stack with Stage-2 drops between static segments.
 
 Segment s runs layers `[l_s, l_{s+1})` on a sequence whose length is static
-(ALGORITHM.md §3.6); between segments the image tokens are ranked and the
+(docs/ALGORITHM.md §3.6); between segments the image tokens are ranked and the
 sequence is gathered into a shorter buffer, carrying labels, validity,
-prompt rows and positions along (§3.4), so prefill, generation and training
+prompt rows and positions along (docs/ALGORITHM.md §3.4), so prefill, generation and training
 share one code path.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Segment(NamedTuple):
 
 
 def _query_mask(seq, image_start, n_prev: int, queries: str, train: bool):
-    """[B, L] bool Stage-2 query rows (ALGORITHM.md §3.3)."""
+    """[B, L] bool Stage-2 query rows (docs/ALGORITHM.md §3.3)."""
     rows = jnp.arange(seq.valid.shape[1])[None, :]
     after_image = (image_start[:, None] >= 0) & (rows >= image_start[:, None] + n_prev)
     if train:
@@ -129,8 +129,8 @@ def run_language_model(text: LlamaModel, params: dict, seq, num_image: int, stag
 
     seq: `duet_jax.models.llava.Sequence` entering layer 0; num_image: n_0.
     segment_lengths: static buffer length of each later segment (host-computed,
-    §3.6); default: shrink by the dropped count when every sample has an image,
-    else keep the length.
+    docs/ALGORITHM.md §3.6); default: shrink by the dropped count when every sample has
+    an image, else keep the length.
     Returns (final seq with hidden before the final norm, [Segment, ...], [keep, ...]).
     """
     num_layers = text.config.num_hidden_layers

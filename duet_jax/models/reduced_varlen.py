@@ -1,4 +1,4 @@
-"""Stage 2 with a per-sample image-token count n_0 (ALGORITHM.md §3.6, LLaVA-NeXT).
+"""Stage 2 with a per-sample image-token count n_0 (docs/ALGORITHM.md §3.6, LLaVA-NeXT).
 
 AnyRes images of different grids enter the LM with different block sizes
 `n_0[b] = (1 + G_b) K`, so every boundary keeps a different count per sample:
@@ -10,7 +10,7 @@ static shapes use the batch maxima and slots beyond a sample's count are masked:
   are masked to -1 (real scores are probabilities >= 0) before `top_k`;
 * keep: `top_k(max_b n_s[b])`, then only the first `n_s[b]` winners (descending
   score, ties to the lowest index) are kept, sorted ascending;
-* gather: the §3.6 map with per-sample `(n_{s-1}[b], n_s[b])`;
+* gather: the docs/ALGORITHM.md §3.6 map with per-sample `(n_{s-1}[b], n_s[b])`;
 * buffer length: `L_s = L_{s-1} - min_b (n_{s-1}[b] - n_s[b])` (static, >= every
   sample's new valid length; exact for uniform batches).
 
@@ -48,7 +48,8 @@ def _keep_per_sample(scores, n_prev: np.ndarray, n_new: np.ndarray):
 
 
 def _gather_map(keep, image_start, lengths, passthrough, n_prev, n_new, out_len: int):
-    """§3.6 gather map with per-sample (n_prev, n_new): (src [B, out_len], valid)."""
+    """The docs/ALGORITHM.md §3.6 gather map with per-sample (n_prev, n_new):
+    (src [B, out_len], valid)."""
     slots = jnp.arange(out_len, dtype=jnp.int32)[None, :]
     start = image_start.astype(jnp.int32)[:, None]
     n_prev = jnp.asarray(n_prev, jnp.int32)[:, None]

@@ -12,8 +12,8 @@ Llama. HF's two paths differ in what they keep (modeling_video_llava.py):
 Both then splice into the LM exactly like LLaVA-1.5, so each modality is a
 `LlavaModel` "view" (`VideoLlavaModel.view(media)`) over the params of its tower:
 the reduced path, generation and the KV caches are LLaVA's unchanged. Stage 1
-runs per frame (ALGORITHM.md §2.6: per-frame `d, c`, frames concatenated in time
-order), Stage 2 treats the `F * K` block as one image block (D14).
+runs per frame (docs/ALGORITHM.md §2.6: per-frame `d, c`, frames concatenated in time
+order), Stage 2 treats the `F * K` block as one image block (docs/ALGORITHM.md §6 D14).
 
 A batch is all-image or all-video (one static modality per call); HF's mixed
 image + video prompts are rejected with a one-line error by the container.

@@ -1,4 +1,4 @@
-"""Pure-JAX visual-token reduction for DUET-VLM (ALGORITHM.md §2-5, API.md §1-2).
+"""Pure-JAX visual-token reduction for DUET-VLM (docs/ALGORITHM.md §2-5, docs/API.md §1-2).
 
 Stage 1 (:func:`vision_merge`) merges vision tokens inside the tower; Stage 2
 (:func:`text_image_scores`, :func:`keep_top_image_tokens` and the drop map)

@@ -1,4 +1,4 @@
-"""Schedule arithmetic and the PyramidDrop / FastV baselines (ALGORITHM.md §3.1, §4.1, §5).
+"""Schedule arithmetic and the PyramidDrop / FastV baselines (docs/ALGORITHM.md §3.1, §4.1, §5).
 
 Counts are host-side Python ints: ``n_s = int(n_0 * r_s)`` evaluated on
 Python floats (float64, floor), always relative to ``n_0``, exactly as the
@@ -32,7 +32,7 @@ def segment_bounds(layers: Sequence[int], num_layers: int) -> list:
 
 
 def average_image_tokens(counts: Sequence[int], layers: Sequence[int], num_layers: int) -> float:
-    """§4.1: image tokens per LM layer averaged over the L layers.
+    """docs/ALGORITHM.md §4.1: image tokens per LM layer averaged over the L layers.
 
     ``counts`` = ``[n_0, .., n_S]`` (one per segment), ``layers`` = ``[l_1, .., l_S]``.
     """

@@ -1,4 +1,4 @@
-"""Typed reduction configs, budget accounting and the named presets (ALGORITHM.md §4-5).
+"""Typed reduction configs, budget accounting and the named presets (docs/ALGORITHM.md §4-5).
 
 A :class:`ReductionConfig` is pure data (hashable, usable as a static jit
 argument). Checks that need no model run at construction; checks that need
@@ -30,9 +30,9 @@ def _choice(field: str, value, allowed) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Stage1Config:
-    """Vision-side merge (§2). ``dominant`` includes CLS when ``cls_token``.
+    """Vision-side merge (docs/ALGORITHM.md §2). ``dominant`` includes CLS when ``cls_token``.
 
-    ``cls_token=False`` is the Qwen2.5-VL convention (§2.6): no CLS,
+    ``cls_token=False`` is the Qwen2.5-VL convention (docs/ALGORITHM.md §2.6): no CLS,
     ``dominant`` counts tokens exactly and both counts are clipped per image.
     """
 
@@ -67,7 +67,7 @@ class Stage1Config:
 
 @dataclasses.dataclass(frozen=True)
 class Stage2Config:
-    """LM-side rank-and-drop schedule (§3).
+    """LM-side rank-and-drop schedule (docs/ALGORITHM.md §3).
 
     ``layers`` = boundaries ``l_1 < .. < l_S`` (drop after ``l_s`` layers ran);
     ``ratios`` = ``r_1..r_S`` relative to ``n_0``; or ``keep`` = exact counts
@@ -142,7 +142,7 @@ class ReductionConfig:
         """Raise ValueError if this config cannot run on the model; returns self.
 
         ``allow_clipping`` accepts Stage-1 counts beyond the patch count (they
-        are clipped as in §2.6); Qwen-style configs always clip.
+        are clipped as in docs/ALGORITHM.md §2.6); Qwen-style configs always clip.
         """
         s1, s2 = self.stage1, self.stage2
         if s1 is not None and s1.cls_token:
@@ -176,7 +176,7 @@ class ReductionConfig:
 
 
 def average_visual_tokens(config, num_patches: int, num_layers: int, crops: int = 1) -> float:
-    """§4.1 average image tokens per LM layer (the paper's budget)."""
+    """docs/ALGORITHM.md §4.1 average image tokens per LM layer (the paper's budget)."""
     config = resolve_reduction(config)
     if config is None:
         return float(crops * num_patches)
@@ -255,14 +255,14 @@ def resolve_reduction(x: Union[None, str, Mapping, ReductionConfig]) -> Optional
 
 
 # --------------------------------------------------------------------------
-# Presets (§4.2, §5). PRESET_TARGETS documents what each budget was derived
+# Presets (docs/ALGORITHM.md §4.2, §5). PRESET_TARGETS documents what each budget was derived
 # for: (target average tokens, patches per crop, LM layers, crops).
 
 DUET_STAGE2 = Stage2Config(layers=(16, 24), ratios=(0.5, 0.0))
 QWEN_STAGE2 = Stage2Config(layers=(14, 21), ratios=(0.5, 0.25), positions="keep")
 # PyramidDrop never published 192/128/64 schedules (the paper copies its numbers).
 # Ours: FastV's early drop at layer 2, then PyramidDrop's 8-layer segmentation;
-# ratios lambda^s with lambda on a 0.01 grid closest to the budget (§4.1):
+# ratios lambda^s with lambda on a 0.01 grid closest to the budget (docs/ALGORITHM.md §4.1):
 # 0.58 -> 191.125, 0.44 -> 128.6875, 0.20 -> 64.3125 with n_0 = 576, L = 32.
 PDROP_BUDGET_LAYERS = (2, 8, 16, 24)
 PDROP_BUDGET_RATIOS = {192: (0.58, 0.3364, 0.195112, 0.113165),

@@ -1,8 +1,8 @@
-"""Stage 1: vision-to-vision merge inside the vision tower (ALGORITHM.md §2).
+"""Stage 1: vision-to-vision merge inside the vision tower (docs/ALGORITHM.md §2).
 
 Every size below is a static Python int derived from ``(N, dominant,
 contextual, width, mode)``; selection is per sample with ``lax.top_k`` /
-``argmax`` (ties go to the lowest index, §2.8) and merging is one-hot sums,
+``argmax`` (ties go to the lowest index, docs/ALGORITHM.md §2.8) and merging is one-hot sums,
 so ``vision_merge`` jits with everything but the arrays static and vmaps over
 crops or frames. Scores, normalisation and similarities are float32; merged
 values are accumulated in float32 and cast back to ``hidden.dtype``.
@@ -77,7 +77,8 @@ def _check_counts(num_patches: int, dominant: int, contextual: int, width: int,
 
 
 def _duet_slots(num_nondominant: int, contextual: int, width: int):
-    """Pool size P and the static anchor / member slots inside the pool (§2.3 5-7)."""
+    """Pool size P and the static anchor / member slots inside the pool
+    (docs/ALGORITHM.md §2.3 steps 5-7)."""
     pool = min(max(1, width * contextual), num_nondominant)
     step = max(1, pool // max(1, contextual))
     anchors = list(range(0, pool, step))[:contextual] or [0]
@@ -87,7 +88,7 @@ def _duet_slots(num_nondominant: int, contextual: int, width: int):
 
 
 def _visionzip_slots(num_nondominant: int, contextual: int):
-    """Anchor / member slots in position-ordered non-dominant space (§2.4)."""
+    """Anchor / member slots in position-ordered non-dominant space (docs/ALGORITHM.md §2.4)."""
     step = max(1, num_nondominant // contextual)
     anchors = list(range(0, num_nondominant, step))[:contextual]
     taken = set(anchors)
@@ -97,7 +98,7 @@ def _visionzip_slots(num_nondominant: int, contextual: int):
 
 def vision_merge_size(num_patches: int, dominant: int, contextual: int, width: int = 4,
                       mode: str = "duet") -> int:
-    """Static Stage-1 output length K per crop (§2.6).
+    """Static Stage-1 output length K per crop (docs/ALGORITHM.md §2.6).
 
     ``duet``/``visionzip``: ``dominant`` includes CLS, ``K = dominant + C`` with
     ``C = min(contextual, M)``, ``M = N - (dominant - 1)`` (``duet`` with
@@ -159,7 +160,7 @@ def _merge_into_anchors(hidden, unit_metric, anchor_pos, member_pos):
 
 
 def _dominant_split(cls_attn, num_dominant_patches):
-    """CLS-attention scores and dominant patch indices (§2.2 steps 1-3).
+    """CLS-attention scores and dominant patch indices (docs/ALGORITHM.md §2.2 steps 1-3).
 
     Returns (scores [B, N] f32, dominant patch indices [B, d'] ascending,
     is_dominant [B, N] bool).
@@ -194,7 +195,8 @@ def _merge_official(cls_attn, hidden, metric, dominant, contextual, width, mode)
 
 
 def _merge_paper(attn, hidden, dominant, contextual, width):
-    """Algorithm 1 as printed (§2.5): column-sum scores, attention-row clusters."""
+    """Algorithm 1 as printed (docs/ALGORITHM.md §2.5): column-sum scores,
+    attention-row clusters."""
     batch, num_patches = hidden.shape[0], hidden.shape[1] - 1
     num_rest = num_patches - dominant
     num_centroids = min(contextual, num_rest)
@@ -230,7 +232,7 @@ def vision_merge(cls_attn: Optional[jax.Array], hidden: jax.Array,
                  metric: Optional[jax.Array], *, dominant: int, contextual: int,
                  width: int = 4, mode: str = "duet",
                  attn: Optional[jax.Array] = None) -> MergeResult:
-    """Reduce one crop's N+1 vision rows to K static rows (ALGORITHM.md §2).
+    """Reduce one crop's N+1 vision rows to K static rows (docs/ALGORITHM.md §2).
 
     Args:
       cls_attn: [B, H, N] CLS-query attention probabilities to the patch keys

@@ -1,17 +1,17 @@
-"""Stage 1 without a CLS token, merging in place (Qwen2.5-VL, ALGORITHM.md §2.6).
+"""Stage 1 without a CLS token, merging in place (Qwen2.5-VL, docs/ALGORITHM.md §2.6).
 
 There is no CLS row to read a query from, so a token's score is the attention
 it *receives*: the column sum over queries of the head-mean attention
 (`column_scores`), averaged over each merge group of patches (`group_mean`),
 as is the metric (RoPE'd keys averaged over heads and group members).
-Selection is `duet`'s (§2.3: dominant top-d, top-`w*c` pool, anchors every
+Selection is `duet`'s (docs/ALGORITHM.md §2.3: dominant top-d, top-`w*c` pool, anchors every
 `step`-th pool slot, members hard-assigned by cosine, anchor + member mean),
 with `d` counting tokens exactly (clipped to `T-1`) and `c` clipped to `T-d`.
 The kept rows stay **in place**: dominant and contextual rows come out in
 ascending token order, each contextual row at its anchor's index, so the
 caller can give them their original (M-RoPE) positions.
 
-All counts are static Python ints; ties go to the lowest index (§2.8).
+All counts are static Python ints; ties go to the lowest index (docs/ALGORITHM.md §2.8).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class InPlaceMerge(NamedTuple):
 
 
 def clipped_counts(num_tokens: int, dominant: int, contextual: int) -> tuple:
-    """(d, c) after the per-image clipping of §2.6: d <= T-1, c <= T-d."""
+    """(d, c) after the per-image clipping of docs/ALGORITHM.md §2.6: d <= T-1, c <= T-d."""
     if num_tokens < 2:
         raise ValueError(f"an image with {num_tokens} merged token(s) cannot be reduced; "
                          "Stage 1 needs at least 2")

@@ -1,8 +1,8 @@
-"""Stage 2: text-to-vision rank-and-drop inside the LM (ALGORITHM.md §3).
+"""Stage 2: text-to-vision rank-and-drop inside the LM (docs/ALGORITHM.md §3).
 
-Scoring (§3.2) re-computes the next layer's queries and keys from the
+Scoring (docs/ALGORITHM.md §3.2) re-computes the next layer's queries and keys from the
 detached hidden states and averages the softmax attention of the query rows
-onto the image columns. The drop (§3.4, §3.6) is a static-size gather map.
+onto the image columns. The drop (docs/ALGORITHM.md §3.4, §3.6) is a static-size gather map.
 Every count (``num_image``, ``k``, ``n_prev``, ``out_len``) is a Python int;
 per-sample quantities (image start, length, query rows) are arrays.
 """
@@ -56,7 +56,7 @@ def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask, que
                       rms_eps: float, rope_theta: float, rope_inv_freq=None,
                       rope_attention_scaling: float = 1.0, query_block: int = 128,
                       query_rows: Optional[int] = None):
-    """Mean attention of the query rows onto the image columns (§3.2).
+    """Mean attention of the query rows onto the image columns (docs/ALGORITHM.md §3.2).
 
     Args:
       hidden: [B, L, D] hidden states entering the boundary layer (detached here).
@@ -74,7 +74,7 @@ def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask, que
       query_block: static number of query rows scored at once; memory is
         O(B * H * query_block * L) instead of O(B * H * L^2).
       query_rows: optional static window: only rows ``image_start + num_image
-        - 1 + [0, query_rows)`` are scored (every query set of §3.3 lies there:
+        - 1 + [0, query_rows)`` are scored (every query set of docs/ALGORITHM.md §3.3 lies there:
         the last image row onwards), so the cost is O(query_rows * L) instead of
         O(L^2). ``L - num_image + 1`` covers every row to the end. Query-mask
         rows outside the window are ignored.
@@ -166,7 +166,7 @@ def keep_top_image_tokens(scores: jax.Array, k: int) -> jax.Array:
 
 
 # --------------------------------------------------------------------------
-# Query sets (§3.3). Rows "after the image" are q >= image_start + num_image.
+# Query sets (docs/ALGORITHM.md §3.3). Rows "after the image" are q >= image_start + num_image.
 
 def _after_image(shape, image_start, num_image):
     rows = jnp.arange(shape[-1], dtype=jnp.int32)[None, :]
@@ -183,8 +183,9 @@ def _last_valid_row(attention_mask):
 
 def official_query_mask(attention_mask, image_start, num_image: int):
     """Official ``all`` query set: rows from ``p_b + n`` to the end of the padded
-    sequence, padding rows included (§3.3, D6). attention_mask [B, L] only sets
-    the shape. Samples without an image (image_start < 0) get no rows."""
+    sequence, padding rows included (docs/ALGORITHM.md §3.3, §6 D6).
+    attention_mask [B, L] only sets the shape. Samples without an image
+    (image_start < 0) get no rows."""
     return _after_image(attention_mask.shape, image_start, num_image)
 
 
@@ -199,7 +200,7 @@ def eval_query_mask(attention_mask, image_start, num_image: int, queries: str = 
 
     ``all``: valid rows after the image block; ``last``: the last valid row.
     Returns (mask [B, L] bool, fell_back [B] bool): an empty ``all`` set falls
-    back to ``last`` (D12) and is flagged.
+    back to ``last`` (docs/ALGORITHM.md §6 D12) and is flagged.
     """
     last = _last_valid_row(attention_mask)
     if queries == "last":
@@ -218,7 +219,7 @@ def train_query_mask(labels, attention_mask, image_start, num_image: int, querie
     rows q with label[q] == -100 and label[q+1] != -100 (the token before each
     answer span) from the last image row on; the last image row is admitted
     because in the pretraining ``plain`` template the caption follows the
-    image directly, and that is where ``all`` is empty and falls back (D12).
+    image directly, and that is where ``all`` is empty and falls back (docs/ALGORITHM.md §6 D12).
     Returns (mask [B, L] bool, fell_back [B] bool; True where the empty
     ``all`` set was replaced by a non-empty ``last`` set). A sample whose mask
     is still empty has no answer span after a non-answer token: pass it through.
@@ -238,7 +239,7 @@ def train_query_mask(labels, attention_mask, image_start, num_image: int, querie
 
 
 # --------------------------------------------------------------------------
-# Drop and rebuild (§3.4, §3.6).
+# Drop and rebuild (docs/ALGORITHM.md §3.4, §3.6).
 
 class DropResult(NamedTuple):
     """Reduced batch, right-padded to ``out_len``.
@@ -261,7 +262,8 @@ def reduced_lengths(lengths, passthrough, image_start, n_prev: int, n_new: int):
 
 
 def segment_length(lengths, passthrough, n_prev: int, n_new: int, bucket: int = 1) -> int:
-    """Host-side static buffer length for the next segment (§3.6), rounded up to ``bucket``.
+    """Host-side static buffer length for the next segment (docs/ALGORITHM.md §3.6),
+    rounded up to ``bucket``.
 
     ``passthrough`` [B] must also flag samples without an image.
     """

@@ -1,8 +1,8 @@
-"""Stage-2 scores from already projected and rotated queries/keys (ALGORITHM.md §3.2).
+"""Stage-2 scores from already projected and rotated queries/keys (docs/ALGORITHM.md §3.2).
 
 Models whose scoring layer differs from Llama's (q/k biases, M-RoPE) compute
 `q`, `k` themselves with the next layer's weights and hand them here; the
-mask, softmax, GQA head mapping (§3.8) and averaging are the same as
+mask, softmax, GQA head mapping (docs/ALGORITHM.md §3.8) and averaging are the same as
 `stage2.text_image_scores`.
 """
 from __future__ import annotations

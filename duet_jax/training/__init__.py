@@ -1,4 +1,4 @@
-"""Jitted, sharded LLaVA fine-tuning with DUET token reduction (API.md §5).
+"""Jitted, sharded LLaVA fine-tuning with DUET token reduction (docs/API.md §5).
 
 * `config`: typed YAML configs with `--set key=value` overrides.
 * `optim`: AdamW + warmup/cosine + clipping, frozen groups via `optax.multi_transform`.

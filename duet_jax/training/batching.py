@@ -2,7 +2,7 @@
 
 Everything a compiled step depends on is a `StepLayout` (padded input length,
 whether every sample has an image, Stage-2 buffer lengths), computed here from
-host-known validity, image flags and labels (ALGORITHM.md §3.6), agreed
+host-known validity, image flags and labels (docs/ALGORITHM.md §3.6), agreed
 across processes, and rounded up so a handful of programs serve a run.
 """
 from __future__ import annotations

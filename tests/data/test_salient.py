@@ -1,4 +1,4 @@
-"""Salient question words and their prompt tokens (ALGORITHM.md §3.9, offline path)."""
+"""Salient question words and their prompt tokens (docs/ALGORITHM.md §3.9, offline path)."""
 import numpy as np
 
 from duet_jax.data.conversation import build_eval_prompt

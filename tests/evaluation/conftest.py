@@ -46,7 +46,7 @@ def files(tmp_path):
 
 
 def _llava_answer(qid, text, prompt="q"):
-    """An answer line in the official LLaVA format (EVAL.md §0)."""
+    """An answer line in the official LLaVA format (docs/EVAL.md §0)."""
     return {"question_id": qid, "prompt": prompt, "text": text, "answer_id": f"a{qid}",
             "model_id": "test", "metadata": {}}
 

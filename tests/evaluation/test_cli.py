@@ -1,4 +1,4 @@
-"""`python eval.py score` end to end in a subprocess (API.md §4)."""
+"""`python eval.py score` end to end in a subprocess (docs/API.md §4)."""
 import json
 import os
 

@@ -1,10 +1,10 @@
-"""GQA (EVAL.md §3, §10): trailing-period strip + lowercase, exact match, binary/open."""
+"""GQA (docs/EVAL.md §3, §10): trailing-period strip + lowercase, exact match, binary/open."""
 import pytest
 
 from duet_jax.evaluation.scoring import ScoreError, gqa
 
 
-# EVAL.md §3 "Consequences".
+# docs/EVAL.md §3 "Consequences".
 @pytest.mark.parametrize("text, gold, correct", [
     ("Yes.", "yes", True), ("The man", "man", False), ("Grey", "gray", False), ("two", "2", False),
     ("Yes, it is.", "yes", False), (" yes", "yes", False), ("Left...", "left", True),

@@ -1,11 +1,11 @@
-"""MME (EVAL.md §4, §10): first-4-characters parse, acc+ pairing, P / C / P+C."""
+"""MME (docs/EVAL.md §4, §10): first-4-characters parse, acc+ pairing, P / C / P+C."""
 import pytest
 
 from duet_jax.evaluation.scoring import ScoreError, mme
 
 SHORT = "Answer the question using a single word or phrase."
 
-# EVAL.md §4 example table (inputs are lower-cased by the calculation first).
+# docs/EVAL.md §4 example table (inputs are lower-cased by the calculation first).
 PARSE_TABLE = [("Nope", "no"), ("Not sure", "no"), ("None", "no"), ("know", "no"), ("Noo", "no"),
                ("Yess", "yes"), ("Nyes", "yes"), ("yes and no", "yes"), ("YesNo", "yes"),
                ("I think yes", "other"), ("The answer is yes", "other"), ("Y", "other"),

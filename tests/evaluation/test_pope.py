@@ -1,11 +1,11 @@
-"""POPE (EVAL.md §1, §10): the yes/no parse table, metrics, pairing, deviations."""
+"""POPE (docs/EVAL.md §1, §10): the yes/no parse table, metrics, pairing, deviations."""
 import pytest
 
 from duet_jax.evaluation.scoring import ScoreError, pope
 
 SHORT = "Answer the question using a single word or phrase."
 
-# EVAL.md §1 "Consequences" table.
+# docs/EVAL.md §1 "Consequences" table.
 PARSES_YES = ["NO", "Nope", "No!", "(No)", "None", "no\n", "Not really", "1. No", "Yes.No", ""]
 PARSES_NO = ["Yes, there is not a dog", "I do not see", " No"]
 
@@ -101,7 +101,7 @@ def test_pairs_by_question_id_not_answer_order(files, llava_answer):
 
 
 def test_label_count_mismatch_raises(files, llava_answer):
-    # Officially zipped and silently truncated; EVAL.md §10 says raise.
+    # Officially zipped and silently truncated; docs/EVAL.md §10 says raise.
     args = _fixture(files, llava_answer, {"adversarial": ["Yes", "No"], "random": ["Yes"], "popular": ["No"]},
                     {"adversarial": ["yes", "no", "yes"], "random": ["yes"], "popular": ["no"]})
     with pytest.raises(ScoreError, match="3 labels.*2 questions"):

@@ -1,4 +1,4 @@
-"""Question files, prompts and answer lines (EVAL.md §0, §5, §7)."""
+"""Question files, prompts and answer lines (docs/EVAL.md §0, §5, §7)."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""Relative average (EVAL.md §8) and summary merging (§9)."""
+"""Relative average (docs/EVAL.md §8) and summary merging (§9)."""
 import json
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from duet_jax.evaluation.scoring import ScoreError, relative
 from duet_jax.evaluation.scoring import summary as summary_mod
 
-# VisionZip's table (EVAL.md §8) -> the project page's 97.7 / 96.3 / 92.8 %.
+# VisionZip's table (docs/EVAL.md §8) -> the project page's 97.7 / 96.3 / 92.8 %.
 VISIONZIP = {
     192: ({"gqa": 59.3, "mme": 1782.6, "pope": 85.3, "sqa": 68.9, "textvqa": 57.3}, 97.69),
     128: ({"gqa": 57.6, "mme": 1761.7, "pope": 83.2, "sqa": 68.9, "textvqa": 56.8}, 96.25),

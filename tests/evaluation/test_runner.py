@@ -93,7 +93,7 @@ def test_score_end_to_end(reference, pope, tmp_path):
     assert _eval("score", "--benchmark", "pope", "--answers", path, "--annotations",
                  pope["annotations"], "--questions", pope["questions"], "--summary", summary) == 0
     block = json.loads(summary.read_text())["pope"]
-    # Independent POPE arithmetic (EVAL.md §1) from the answer texts and the labels.
+    # Independent POPE arithmetic (docs/EVAL.md §1) from the answer texts and the labels.
     labels = {}
     for split in ("adversarial", "random"):
         for line in open(os.path.join(pope["annotations"], f"coco_pope_{split}.json")):

@@ -1,4 +1,4 @@
-"""SEED-Bench (EVAL.md §6, §10): exact letter equality, int-id lookup, micro averages."""
+"""SEED-Bench (docs/EVAL.md §6, §10): exact letter equality, int-id lookup, micro averages."""
 import pytest
 
 from duet_jax.evaluation.scoring import seed
@@ -50,7 +50,7 @@ def test_str_question_id_counts_as_missing(files, llava_answer):
 
 
 def test_all_wrong_type_reports_zero(files, llava_answer):
-    # Every answer of type 2 present and wrong: the official KeyError; EVAL.md §10 -> 0.
+    # Every answer of type 2 present and wrong: the official KeyError; docs/EVAL.md §10 -> 0.
     ann = _annotations(files)
     answers = files.jsonl("a.jsonl", [llava_answer(1, "A"), llava_answer(2, "B"), llava_answer(3, "D"),
                                       llava_answer(4, "D"), llava_answer(5, "A")])

@@ -1,4 +1,4 @@
-"""ScienceQA (EVAL.md §5, §10): the three letter-parse rules, totals, IMG subset."""
+"""ScienceQA (docs/EVAL.md §5, §10): the three letter-parse rules, totals, IMG subset."""
 import pytest
 
 from duet_jax.evaluation.scoring import ScoreError, sqa
@@ -16,7 +16,7 @@ def test_parse_rules(text, letter):
     assert sqa.parse_letter(text) == letter
 
 
-# EVAL.md §5: these parse as FAILED.
+# docs/EVAL.md §5: these parse as FAILED.
 @pytest.mark.parametrize("text", ["(A)", "A.", "a", "A)", "Answer: A", " B", "A\n", "Option A", "",
                                   "The answer is C", "The answer is C\n",
                                   "The answer is A. The answer is B."])

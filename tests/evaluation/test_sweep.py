@@ -16,7 +16,7 @@ def _eval(*argv) -> int:
 
 
 def _pope_f1_mean(answers: list, questions: list, labels: dict) -> float:
-    """EVAL.md §1 by hand: parse, pair a split's questions with its labels by position."""
+    """docs/EVAL.md §1 by hand: parse, pair a split's questions with its labels by position."""
     text = {a["question_id"]: a["text"] for a in answers}
     f1s = []
     for split, split_labels in labels.items():
@@ -50,7 +50,7 @@ def sweep(tmp_path_factory):
 def test_rows_scores_and_token_axis(sweep):
     rows = sweep["json"]["rows"]
     assert [r["reduction"] for r in rows] == ["none", "llava15-duet-64", "llava15-visionzip-64"]
-    # x axis: ALGORITHM.md §4.1 by hand. DUET-64 keeps 72 + 30 = 102 tokens for layers
+    # x axis: docs/ALGORITHM.md §4.1 by hand. DUET-64 keeps 72 + 30 = 102 tokens for layers
     # 0-15, half of them for 16-23 and none after; VisionZip-64 keeps 54 + 10 everywhere.
     assert [r["avg_visual_tokens"] for r in rows] == pytest.approx(
         [576, (102 * 16 + 51 * 8) / 32, 64])

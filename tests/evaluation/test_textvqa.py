@@ -1,4 +1,4 @@
-"""TextVQA (EVAL.md §2, §10): m4c normalisation quirks, soft score, question recovery."""
+"""TextVQA (docs/EVAL.md §2, §10): m4c normalisation quirks, soft score, question recovery."""
 import pytest
 
 from duet_jax.evaluation.scoring import ScoreError, textvqa
@@ -6,7 +6,7 @@ from duet_jax.evaluation.scoring.m4c import CONTRACTIONS, normalize_answer
 
 SHORT = "Answer the question using a single word or phrase."
 
-# EVAL.md §2 example table (input -> normalized).
+# docs/EVAL.md §2 example table (input -> normalized).
 NORMALIZATION_TABLE = [
     ("Two", "2"), ("one-way", "1 way"), ("Coca-Cola.", "coca cola"), ("(a)", ""), ("a/b", "b"),
     ("N/A", "n"), ("1,000", "1000"), ("1,2", "12"), ("$5.99", "$5.99"), ("it's", "it 's"),
@@ -49,7 +49,7 @@ def test_number_words_articles_and_untouched_characters():
 
 
 def test_contraction_table_contents():
-    # Entries that can fire after lowercasing: no capitals, no "'s" (EVAL.md §2).
+    # Entries that can fire after lowercasing: no capitals, no "'s" (docs/EVAL.md §2).
     assert len(CONTRACTIONS) == 112
     assert all(k == k.lower() and "'s" not in k for k in CONTRACTIONS)
     spot = {"aint": "ain't", "couldn'tve": "couldn't've", "'ows'at": "'ow's'at", "twas": "'twas",
@@ -62,7 +62,7 @@ def test_every_contraction_fires_through_the_pipeline():
         assert normalize_answer(key) == value, key
 
 
-# c = number of GT answers equal to the prediction -> score (EVAL.md §2 table).
+# c = number of GT answers equal to the prediction -> score (docs/EVAL.md §2 table).
 @pytest.mark.parametrize("c, expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0),
                                          (7, 1.0), (10, 1.0)])
 def test_soft_score_table(c, expected):

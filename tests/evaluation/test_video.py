@@ -1,4 +1,4 @@
-"""Video QA (EVAL.md §7, §10): judge-reply aggregation quirks and the lexical proxy."""
+"""Video QA (docs/EVAL.md §7, §10): judge-reply aggregation quirks and the lexical proxy."""
 import pytest
 
 from duet_jax.evaluation.scoring import ScoreError, video

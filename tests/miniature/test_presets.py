@@ -1,4 +1,4 @@
-"""Miniature presets keep the LLaVA-1.5 budgets (ALGORITHM.md §4.1) on a shallower LM."""
+"""Miniature presets keep the LLaVA-1.5 budgets (docs/ALGORITHM.md §4.1) on a shallower LM."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +31,7 @@ def test_duet_on_32_layers_is_the_real_preset():
 @pytest.mark.parametrize("budget", presets.BUDGETS)
 def test_paper_variants_differ_from_the_default_only_where_the_paper_says(budget):
     """vanilla = VisionZip clustering + last-token drops; C = local clustering +
-    last-token drops (ALGORITHM.md §1); same token counts as the default."""
+    last-token drops (docs/ALGORITHM.md §1); same token counts as the default."""
     default = presets.duet(budget, 4)
     for variant, mode in (("vanilla", "visionzip"), ("C", "duet")):
         cfg = presets.duet(budget, 4, variant)

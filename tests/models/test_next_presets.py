@@ -1,6 +1,6 @@
 """The llavanext-duet-* presets on LLaVA-NeXT-7B's token geometry (336 px crops of 14 px
 patches, 32 LM layers, a square image -> 2x2 grid, 5 crops) at tiny widths: the image
-tokens the reduced forward actually carries per layer average to ALGORITHM.md §4.2's
+tokens the reduced forward actually carries per layer average to docs/ALGORITHM.md §4.2's
 640.5 / 318.75 / 159.25, and a wide image (1x2 grid, 3 crops) gets (1+G) K = 3 K."""
 import functools
 
@@ -14,7 +14,7 @@ from duet_jax.models.llava_next import LlavaNextModel, NextImages
 from duet_jax.reduction import average_visual_tokens, get_preset
 
 SPEC = {"llavanext-duet-640": (640.5, 205), "llavanext-duet-320": (318.75, 102),
-        "llavanext-duet-160": (159.25, 51)}      # (§4.2 avg, K per crop = d + c)
+        "llavanext-duet-160": (159.25, 51)}      # (docs/ALGORITHM.md §4.2 avg, K per crop = d + c)
 IMAGE = 500
 
 

@@ -1,7 +1,7 @@
 """Reduced LLaVA-NeXT forward == a slow per-sample reference: each crop through HF
-CLIP (eager attention) and the NumPy Stage-1 oracle, the §2.6 block assembled from
-explicit canvas coordinates, then the unreduced layers on explicitly gathered subsets,
-ranking with HF PyTorch eager attention; a batch mixes grids, so every sample has its
+CLIP (eager attention) and the NumPy Stage-1 oracle, the docs/ALGORITHM.md §2.6 block
+assembled from explicit canvas coordinates, then the unreduced layers on explicitly
+gathered subsets, ranking with HF PyTorch eager attention; a batch mixes grids, so every sample has its
 own n_0 and its own per-boundary counts."""
 import numpy as np
 import pytest
@@ -49,7 +49,7 @@ def _hf_crop_merge(hf, crop, stage1):
 
 
 def _next_block(hf, cfg, pixels, size, stage1):
-    """ALGORITHM.md §2.6 block of one image, assembled row by row from canvas coordinates."""
+    """docs/ALGORITHM.md §2.6 block of one image, assembled row by row from canvas coordinates."""
     gh, gw = anyres.grid_shape(cfg, size)
     n = cfg.patches_per_side
     crops = [_hf_crop_merge(hf, pixels[c], stage1) for c in range(1 + gh * gw)]

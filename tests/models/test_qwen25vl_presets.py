@@ -1,4 +1,4 @@
-"""Qwen2.5-VL presets: average-token accounting (ALGORITHM.md §4.1-4.2) on the formula and
+"""Qwen2.5-VL presets: average-token accounting (docs/ALGORITHM.md §4.1-4.2) on the formula and
 on what the reduced model really feeds each LM layer."""
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ PRESETS = {"640": (870, 153, 1023), "320": (517, 91, 608), "160": (207, 36, 243)
 
 
 def _formula(n: int) -> float:
-    """§4.2 note: the per-image Qwen average for n image tokens entering the LM."""
+    """docs/ALGORITHM.md §4.2 note: the per-image Qwen average for n image tokens
+    entering the LM."""
     return (14 * n + 7 * int(n / 2) + 7 * int(n / 4)) / 28
 
 
@@ -45,7 +46,8 @@ def test_budget_cap_is_the_table_n0():
 
 @pytest.mark.parametrize("suffix", ["640", "160"])
 def test_model_feeds_each_layer_the_accounted_tokens(suffix):
-    """28-layer tiny LM with the real preset: image rows per layer == the §4.1 average."""
+    """28-layer tiny LM with the real preset: image rows per layer == the average of
+    docs/ALGORITHM.md §4.1."""
     hf = tiny_qwen(text_layers=28, vision_depth=2)
     cfg, params = jax_params(hf)
     preset = get_preset(f"qwen25vl-duet-{suffix}")

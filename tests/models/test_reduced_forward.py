@@ -158,7 +158,7 @@ def test_no_reduction_is_the_plain_forward():
 
 def test_stage1_gradients_reach_an_unfrozen_tower():
     """Selection is not differentiable, but gathered and merged rows are: with the tower
-    trainable (recipe `full`) the loss reaches its params (ALGORITHM.md §7)."""
+    trainable (recipe `full`) the loss reaches its params (docs/ALGORITHM.md §7)."""
     hf = tiny_llava()
     cfg, params = jax_params(hf)
     ids, mask, pixels = llava_batch(hf.config)

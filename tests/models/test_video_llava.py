@@ -167,7 +167,7 @@ def test_reduced_video_decode_runs_through_the_caches():
 @pytest.mark.parametrize("preset,avg", [("videollava-duet-960", 960.0)])
 def test_preset_token_accounting_on_video_llava_geometry(preset, avg):
     """8 frames of 256 patches (224 px / 14) and 32 LM layers: the tokens the reduced forward
-    actually carries per layer average to the ALGORITHM.md §4.2 budget (Table 14). (The
+    actually carries per layer average to the docs/ALGORITHM.md §4.2 budget (Table 14). (The
     136 preset's arithmetic, 135.0, is pinned in tests/reduction/test_presets.py; one
     32-layer compile is enough here.)"""
     hf, cfg, params = _setup(image_size=224, frames=8, vision_layers=2, text_layers=32)

@@ -1,12 +1,12 @@
 """Independent NumPy oracle of DUET-VLM Stage 1 and Stage 2.
 
-Written straight from ALGORITHM.md §2 (vision merge), §3 (text-to-vision
-rank-and-drop) and §4.1/§5 (budget accounting), never from the JAX code it
+Written straight from docs/ALGORITHM.md §2 (vision merge), §3 (text-to-vision
+rank-and-drop) and docs/ALGORITHM.md §4.1/§5 (budget accounting), never from the JAX code it
 checks. Everything is plain Python loops over samples, heads and rows in
 float64, so each line can be read against one sentence of the spec; speed is
 irrelevant (test shapes are tiny).
 
-Tie rule everywhere (§2.8): ties go to the lowest index.
+Tie rule everywhere (docs/ALGORITHM.md §2.8): ties go to the lowest index.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def argmax_first(values) -> int:
 
 
 # --------------------------------------------------------------------------
-# Stage 1 (§2)
+# Stage 1 (docs/ALGORITHM.md §2)
 # --------------------------------------------------------------------------
 
 
@@ -69,7 +69,7 @@ def _check_stage1_args(num_patches, dominant, contextual, width, mode):
 
 def merge_size(num_patches: int, dominant: int, contextual: int, width: int = 4,
                mode: str = "duet") -> int:
-    """K from §2.6 / §2.5, written as the table states it."""
+    """K from docs/ALGORITHM.md §2.6 / §2.5, written as the table states it."""
     _check_stage1_args(num_patches, dominant, contextual, width, mode)
     if mode == "paper":
         return dominant + min(contextual, num_patches - dominant)
@@ -80,7 +80,8 @@ def merge_size(num_patches: int, dominant: int, contextual: int, width: int = 4,
 
 
 def _dominant_split(cls_attn_b, dominant):
-    """§2.2 steps 1-4 for one sample: (dominant positions, R patch indices, s)."""
+    """docs/ALGORITHM.md §2.2 steps 1-4 for one sample: (dominant positions,
+    R patch indices, s)."""
     num_heads, num_patches = cls_attn_b.shape
     s = [sum(float(cls_attn_b[h, p]) for h in range(num_heads))
          for p in range(num_patches)]
@@ -96,7 +97,7 @@ def _unit(v):
 
 
 def _merge_into_anchors(hidden_b, metric_b, rest, anchors, members):
-    """§2.3 steps 8-9: cosine assignment and anchor + mean(members).
+    """docs/ALGORITHM.md §2.3 steps 8-9: cosine assignment and anchor + mean(members).
 
     anchors / members are filtered indices m (patch rest[m], row rest[m] + 1).
     Returns (contextual rows, smallest assignment margin).
@@ -156,7 +157,7 @@ def merge_sample(cls_attn_b, hidden_b, metric_b, dominant, contextual, width,
 
 
 def _paper_sample(attention_b, hidden_b, k1, k2, width) -> MergeTrace:
-    """§2.5, Algorithm 1 as printed, on the patch block of one sample."""
+    """docs/ALGORITHM.md §2.5, Algorithm 1 as printed, on the patch block of one sample."""
     if attention_b is None:
         raise ValueError("paper mode needs the full attention [H, T, T]")
     attn = np.asarray(attention_b, dtype=np.float64)
@@ -203,7 +204,7 @@ def vision_merge(cls_attn, hidden, metric, dominant, contextual, width=4,
 
 
 # --------------------------------------------------------------------------
-# Stage 2 (§3)
+# Stage 2 (docs/ALGORITHM.md §3)
 # --------------------------------------------------------------------------
 
 
@@ -231,7 +232,7 @@ def rope_rotate_half(vec, position, theta):
 
 def attention_probs(hidden_b, norm_scale, wq, wk, positions_b, valid_b, *,
                     num_heads, num_kv_heads, rms_eps, rope_theta):
-    """Softmax attention [H, L, L] of the next layer on one sample (§3.2 1-5).
+    """Softmax attention [H, L, L] of the next layer on one sample (docs/ALGORITHM.md §3.2 1-5).
 
     Key j is allowed for query q iff j <= q and valid_b[j]; a row with no
     allowed key (never a query in practice) is left all-zero.
@@ -260,7 +261,7 @@ def attention_probs(hidden_b, norm_scale, wq, wk, positions_b, valid_b, *,
 def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask,
                       query_mask, image_start, *, num_image, num_heads,
                       num_kv_heads, rms_eps, rope_theta):
-    """§3.2 step 6: [B, num_image] mean over heads and query rows of the image
+    """docs/ALGORITHM.md §3.2 step 6: [B, num_image] mean over heads and query rows of the image
     columns. A sample with an empty query set scores all zeros."""
     batch = hidden.shape[0]
     out = np.zeros((batch, num_image))
@@ -278,7 +279,7 @@ def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask,
 
 
 def keep_top_image_tokens(scores, k):
-    """§3.2 step 7: [B, k] top-k image indices (ties -> lowest), ascending."""
+    """docs/ALGORITHM.md §3.2 step 7: [B, k] top-k image indices (ties -> lowest), ascending."""
     return np.array([sorted(top_k_lowest_first(row, k)) for row in scores],
                     dtype=np.int64).reshape(len(scores), k)
 
@@ -289,8 +290,8 @@ def valid_length(mask_b) -> int:
 
 
 def official_query_mask(image_start, num_image, seq_len):
-    """§3.3 `all`, official: rows p_b + n .. end of the padded sequence,
-    padding rows included (D6). No image (p_b < 0): empty."""
+    """docs/ALGORITHM.md §3.3 `all`, official: rows p_b + n .. end of the padded sequence,
+    padding rows included (docs/ALGORITHM.md §6 D6). No image (p_b < 0): empty."""
     out = np.zeros((len(image_start), seq_len), dtype=bool)
     for b, p_b in enumerate(image_start):
         if p_b >= 0:
@@ -299,7 +300,7 @@ def official_query_mask(image_start, num_image, seq_len):
 
 
 def eval_all_query_mask(attention_mask, image_start, num_image):
-    """§3.3 `all`, project evaluation default: valid rows after the image."""
+    """docs/ALGORITHM.md §3.3 `all`, project evaluation default: valid rows after the image."""
     out = np.zeros(np.shape(attention_mask), dtype=bool)
     for b, p_b in enumerate(image_start):
         for r in range(out.shape[1]):
@@ -308,13 +309,13 @@ def eval_all_query_mask(attention_mask, image_start, num_image):
 
 
 def train_all_query_mask(attention_mask, labels, image_start, num_image):
-    """§3.3 `all`, training: valid rows after the image whose label is -100."""
+    """docs/ALGORITHM.md §3.3 `all`, training: valid rows after the image whose label is -100."""
     out = eval_all_query_mask(attention_mask, image_start, num_image)
     return out & (np.asarray(labels) == -100)
 
 
 def eval_last_query_mask(attention_mask):
-    """§3.3 `last`, evaluation: the last valid prompt token len_b - 1."""
+    """docs/ALGORITHM.md §3.3 `last`, evaluation: the last valid prompt token len_b - 1."""
     out = np.zeros(np.shape(attention_mask), dtype=bool)
     for b in range(out.shape[0]):
         out[b, valid_length(attention_mask[b]) - 1] = True
@@ -322,7 +323,7 @@ def eval_last_query_mask(attention_mask):
 
 
 def train_last_query_mask(attention_mask, labels):
-    """§3.3 `last`, training: every valid q with label[q] = -100 and
+    """docs/ALGORITHM.md §3.3 `last`, training: every valid q with label[q] = -100 and
     label[q+1] != -100 (the token just before each answer span)."""
     labels = np.asarray(labels)
     out = np.zeros(labels.shape, dtype=bool)
@@ -335,7 +336,7 @@ def train_last_query_mask(attention_mask, labels):
 
 def drop_and_rebuild(hidden, labels, attention_mask, image_start, keep,
                      num_image, out_len=None):
-    """§3.4 for a right-padded batch.
+    """docs/ALGORITHM.md §3.4 for a right-padded batch.
 
     hidden [B, L, D], labels [B, L], attention_mask [B, L], image_start [B]
     (-1 = pass-through), keep [B, n_s] relative to image_start. Returns
@@ -368,7 +369,7 @@ def drop_and_rebuild(hidden, labels, attention_mask, image_start, keep,
 
 
 # --------------------------------------------------------------------------
-# Schedule and budgets (§3.1, §4.1, §5)
+# Schedule and budgets (docs/ALGORITHM.md §3.1, §4.1, §5)
 # --------------------------------------------------------------------------
 
 
@@ -378,7 +379,7 @@ def schedule_counts(n0: int, ratios) -> list[int]:
 
 
 def average_tokens(n0: int, layers, ratios, num_layers: int) -> float:
-    """§4.1: visual tokens per LM layer averaged over the num_layers layers."""
+    """docs/ALGORITHM.md §4.1: visual tokens per LM layer averaged over the num_layers layers."""
     counts = schedule_counts(n0, ratios)
     bounds = [0] + list(layers) + [num_layers]
     total = sum((bounds[s + 1] - bounds[s]) * counts[s] for s in range(len(counts)))
@@ -387,5 +388,5 @@ def average_tokens(n0: int, layers, ratios, num_layers: int) -> float:
 
 def fastv_average_tokens(num_patches: int, drop_layer: int, kept: int,
                          num_layers: int) -> float:
-    """§5 FastV: (K_f N + (L - K_f) k) / L."""
+    """docs/ALGORITHM.md §5 FastV: (K_f N + (L - K_f) k) / L."""
     return (drop_layer * num_patches + (num_layers - drop_layer) * kept) / num_layers

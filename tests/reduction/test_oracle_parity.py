@@ -1,10 +1,10 @@
-"""Parity of duet_jax.reduction (public API, API.md §1-2) with the NumPy oracle.
+"""Parity of duet_jax.reduction (public API, docs/API.md §1-2) with the NumPy oracle.
 
 Selected indices/positions must match exactly; values to 1e-5 in float32.
 Random inputs are drawn tie-free (draws whose decisive score or cosine gaps
 are below float32 resolution are redrawn); dedicated cases use exactly
 representable (dyadic) values to force ties, which must go to the lowest
-index (ALGORITHM.md §2.8).
+index (docs/ALGORITHM.md §2.8).
 """
 import functools
 
@@ -110,7 +110,7 @@ def _assert_merge_parity(inputs, expected, n, d, c, w, mode):
     k = ref.merge_size(n, d, c, w, mode)
     assert vision_merge_size(n, d, c, w, mode) == k == exp_tokens.shape[1]
     assert tokens.shape == exp_tokens.shape and positions.shape == exp_positions.shape
-    assert positions.dtype == np.int32  # API.md §1
+    assert positions.dtype == np.int32  # docs/API.md §1
     np.testing.assert_array_equal(positions, exp_positions)
     np.testing.assert_allclose(tokens, exp_tokens, atol=ATOL, rtol=ATOL)
 
@@ -133,7 +133,7 @@ def test_vision_merge_random(mode, batch, n, d, c, w):
         _assert_merge_parity(inputs, expected, n, d, c, w, mode)
 
 
-# ---- Stage 1: the edge-case table of §2.6 ------------------------------------
+# ---- Stage 1: the edge-case table of docs/ALGORITHM.md §2.6 ----------------
 
 EDGE_CASES = [  # mode, N, d, c, w, expected K
     ("duet", 20, 5, 0, 4, 6),        # c = 0 still yields one contextual token
@@ -159,7 +159,7 @@ def test_vision_merge_edge_cases(mode, n, d, c, w, k):
 
 
 @pytest.mark.parametrize("mode, d, c, w", [
-    ("visionzip", 5, 0, 4),  # §2.6: the official code divides by c
+    ("visionzip", 5, 0, 4),  # docs/ALGORITHM.md §2.6: the official code divides by c
     ("duet", 21, 2, 4), ("visionzip", 21, 2, 4), ("paper", 21, 2, 4),  # d > N
     ("duet", 0, 2, 4), ("duet", 5, 2, 0)])
 def test_vision_merge_bad_arguments_raise(mode, d, c, w):
@@ -176,7 +176,7 @@ def test_vision_merge_bad_arguments_raise(mode, d, c, w):
 
 
 def test_worked_example_llava15_192():
-    """§2.3: d=300, c=7, w=4 on N=576 -> K=307, 21 merged, 249 dropped."""
+    """docs/ALGORITHM.md §2.3: d=300, c=7, w=4 on N=576 -> K=307, 21 merged, 249 dropped."""
     inputs, expected = _tie_free_inputs(5, 1, 576, "duet", 300, 7, 4)
     trace = expected[2][0]
     assert (trace.num_merged, trace.num_dropped) == (21, 249)
@@ -232,7 +232,7 @@ def test_vision_merge_ties_to_lowest_index(mode, n, d, c, w, levels, metric_kind
         np.testing.assert_array_equal(expected[1][:, :d], np.tile(np.arange(d), (2, 1)))
 
 
-# ---- Stage 2 (§3.2-3.3, §3.8) ----------------------------------------------
+# ---- Stage 2 (docs/ALGORITHM.md §3.2-3.3, §3.8) ----------------------------
 
 ROPE_THETA, RMS_EPS = 10000.0, 1e-6
 
@@ -244,7 +244,7 @@ def _draw_stage2(seed, lengths, seq, heads, kv_heads, hd=4, dim=16, gappy=False)
     wq = (0.5 * rng.normal(size=(dim, heads * hd))).astype(np.float32)
     wk = (0.5 * rng.normal(size=(dim, kv_heads * hd))).astype(np.float32)
     mask = np.arange(seq)[None] < np.array(lengths)[:, None]
-    if gappy:  # kept-position policy (§3.7): strictly increasing ids with holes
+    if gappy:  # kept-position policy (docs/ALGORITHM.md §3.7): strictly increasing ids with holes
         steps = rng.integers(1, 4, size=(len(lengths), seq))
         positions = np.where(mask, np.cumsum(steps, 1) - steps[:, :1], 0)
     else:
@@ -316,7 +316,7 @@ def test_text_image_scores_and_keep(lengths, seq, heads, kv, starts, n_img, quer
 
 
 def test_official_query_mask_quirk_vs_default():
-    """D6: with right padding the official set also averages the padding rows;
+    """docs/ALGORITHM.md §6 D6: with right padding the official set also averages the padding rows;
     on an unpadded sample both sets (and scores) coincide."""
     lengths, seq, starts, n_img = [12, 8], 12, [1, 2], 4
     arrays = _draw_stage2(3, lengths, seq, 4, 2)

@@ -1,7 +1,7 @@
 """Sanity tests of the NumPy oracle itself (tests/reduction/oracle.py).
 
-Checks: hand-computed Stage-1 examples, the spec's worked numbers (ALGORITHM.md
-§2.3, §2.6, §4.1, §4.2, §5), and Stage-2 attention against HF PyTorch's
+Checks: hand-computed Stage-1 examples, the spec's worked numbers (docs/ALGORITHM.md
+docs/ALGORITHM.md §2.3, §2.6, §4.1, §4.2, §5), and Stage-2 attention against HF PyTorch's
 eager Llama attention (an independent implementation).
 """
 
@@ -132,7 +132,7 @@ def test_stage1_errors(mode, d, c):
         ref.vision_merge(*_random_stage1(20), d, c, 4, mode)
 
 
-# ---- Budgets (§4.1, §4.2, §5) --------------------------------------------
+# ---- Budgets (docs/ALGORITHM.md §4.1, §4.2, §5) ----------------------------
 
 
 @pytest.mark.parametrize("n0, layers, ratios, n_layers, expected", [
@@ -166,7 +166,7 @@ def test_fastv_budget(kept, target):
     assert round(ref.fastv_average_tokens(576, 2, kept, 32)) == target
 
 
-# ---- Stage 2 (§3) ---------------------------------------------------------
+# ---- Stage 2 (docs/ALGORITHM.md §3) ----------------------------------------
 
 
 @pytest.mark.parametrize("num_heads, num_kv_heads", [(4, 4), (4, 2), (4, 1)])
@@ -247,7 +247,7 @@ def test_query_masks_hand_example():
 
 
 def test_drop_and_rebuild_matches_static_gather_map():
-    """§3.4 list form == §3.6 gather formula, padding and renumbering."""
+    """docs/ALGORITHM.md §3.4 list form == §3.6 gather formula, padding and renumbering."""
     rng = np.random.default_rng(2)
     batch, seq, dim, n_prev, n_new = 3, 12, 4, 5, 2
     hidden = rng.normal(size=(batch, seq, dim))

@@ -1,6 +1,6 @@
-"""Configs, presets and budget accounting (ALGORITHM.md §3.1, §4, §5).
+"""Configs, presets and budget accounting (docs/ALGORITHM.md §3.1, §4, §5).
 
-Expected averages are the numbers printed in ALGORITHM.md §4.2/§5 (the
+Expected averages are the numbers printed in docs/ALGORITHM.md §4.2/§5 (the
 paper's tables), not recomputed with the code under test.
 """
 import dataclasses
@@ -47,7 +47,7 @@ def test_stage1_sizes_and_counts_of_the_worked_examples():
 @pytest.mark.parametrize("budget,keep", [(192, 166), (128, 98), (64, 30)])
 def test_fastv_budgets(budget, keep):
     config = get_preset(f"llava15-fastv-{budget}")
-    # avg = (K_f N + (L - K_f) k) / L (§5)
+    # avg = (K_f N + (L - K_f) k) / L (docs/ALGORITHM.md §5)
     assert average_visual_tokens(config, 576, 32) == (2 * 576 + 30 * keep) / 32
     assert abs(average_visual_tokens(config, 576, 32) - budget) <= 1
     assert config.stage2.positions == "keep" and config.stage2.queries == "last"
@@ -57,7 +57,7 @@ def test_fastv_budgets(budget, keep):
 @pytest.mark.parametrize("name", sorted(PRESET_TARGETS))
 def test_every_preset_with_a_target_lands_near_it(name):
     target, patches, layers, crops = PRESET_TARGETS[name]
-    # Table 14's "136" evaluates to 135 and NeXT-320 to 318.75 (§4.2 notes)
+    # Table 14's "136" evaluates to 135 and NeXT-320 to 318.75 (docs/ALGORITHM.md §4.2 notes)
     slack = 1.25 if name in ("llavanext-duet-320",) else 1.0
     assert abs(average_visual_tokens(name, patches, layers, crops) - target) <= slack
     get_preset(name).validate(patches, layers, crops=crops)
@@ -68,7 +68,8 @@ def test_qwen_presets_clip_per_image():
     assert config.stage1.output_size(4000) == 870 + 153
     assert config.stage1.output_size(300) == 300          # d -> 299, c -> 1
     n = config.image_tokens(4000)
-    want = (14 * n + 7 * int(n / 2) + 7 * int(n / 4)) / 28   # §4.2 intended formula
+    # the intended formula of docs/ALGORITHM.md §4.2
+    want = (14 * n + 7 * int(n / 2) + 7 * int(n / 4)) / 28
     assert average_visual_tokens(config, 4000, 28) == want
     assert get_preset("qwen25vl-duet-640-scripts").stage1.dominant == 540
     config.validate(300, 28)   # clipping is the documented Qwen behaviour
@@ -160,7 +161,7 @@ def test_config_is_a_static_jit_argument():
 
 
 def test_public_presets_module_spelling():
-    """API.md §3 names `duet_jax.presets`: importable as a module and as an attribute."""
+    """docs/API.md §3 names `duet_jax.presets`: importable as a module and as an attribute."""
     import duet_jax
     import duet_jax.presets as public
     from duet_jax.presets import get_preset as public_get

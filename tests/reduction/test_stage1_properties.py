@@ -1,4 +1,4 @@
-"""Property tests of Stage 1 (vision_merge), ALGORITHM.md §2.
+"""Property tests of Stage 1 (vision_merge), docs/ALGORITHM.md §2.
 
 Every check recomputes the expected selection or merge from the returned
 assignment and the raw inputs with NumPy, or compares two runs that the spec
@@ -140,7 +140,7 @@ def test_contextual_rows_conserve_mass(mode, d, c, w):
                 want = hidden[b, pos[d + j]] + (group.mean(0) if len(group) else 0.0)
             np.testing.assert_allclose(np.asarray(out.tokens[b, d + j]), want, atol=1e-5)
         if mode != "paper" and len(members):
-            # hard assignment = most cosine-similar anchor (§2.3 step 8)
+            # hard assignment = most cosine-similar anchor (docs/ALGORITHM.md §2.3 step 8)
             sim = unit[b, members] @ unit[b, pos[d:]].T
             np.testing.assert_array_equal(owner, np.argmax(sim, axis=-1))
 

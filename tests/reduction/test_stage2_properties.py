@@ -1,4 +1,4 @@
-"""Property tests of Stage 2 (ALGORITHM.md §3): scores, keep, query sets, drop.
+"""Property tests of Stage 2 (docs/ALGORITHM.md §3): scores, keep, query sets, drop.
 
 References: the eager attention probabilities of a tiny random HF PyTorch
 Llama (RMSNorm, RoPE incl. scaling, GQA, causal + padding mask all at once),
@@ -138,7 +138,8 @@ def test_no_retrace_and_stop_gradient():
         jax.block_until_ready(fn(inputs[0], inputs[2], inputs[3], qm))
     assert len(traces) == 1
     grad = jax.grad(lambda h: fn(h, inputs[2], inputs[3], qm).sum())(inputs[0])
-    assert not np.any(np.asarray(grad)), "ranking inputs are detached (§3.2 step 1)"
+    # docs/ALGORITHM.md §3.2 step 1
+    assert not np.any(np.asarray(grad)), "ranking inputs are detached"
 
 
 def test_empty_query_set_and_out_of_range_image_score_zero():
@@ -191,8 +192,9 @@ def test_query_masks():
     start = jnp.array([0, 1])                                 # images at rows 0-2 and 1-3
     every, flag = train_query_mask(labels, mask, start, 3, "all")
     np.testing.assert_array_equal(np.asarray(every[0]), [0, 0, 0, 1, 1, 0, 0, 1, 1, 0])
-    # sample 1 has no -100 row after the image: falls back to 'last' (D12), which is
-    # the last image row, the token just before the caption
+    # sample 1 has no -100 row after the image: falls back to 'last'
+    # (docs/ALGORITHM.md §6 D12), which is the last image row, the token just before
+    # the caption
     np.testing.assert_array_equal(np.asarray(every[1]), [0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(np.asarray(flag), [False, True])
     last, flag = train_query_mask(labels, mask, start, 3, "last")

@@ -1,4 +1,4 @@
-"""Host-side static layouts (ALGORITHM.md §3.6): the lengths predicted on the host are the
+"""Host-side static layouts (docs/ALGORITHM.md §3.6): the lengths predicted on the host are the
 lengths the reduced forward produces, so tight Stage-2 buffers cut nothing and give the
 loss of untruncated buffers; pass-through samples follow the training query sets."""
 import functools

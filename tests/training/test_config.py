@@ -68,7 +68,7 @@ def test_shipped_configs_load_and_name_valid_reductions(path):
     red = resolve_reduction(cfg.reduction)
     name = os.path.basename(path)
     if name.startswith("llava15-finetune"):
-        # LLaVA-1.5 fine-tune stage defaults (ALGORITHM.md §7).
+        # LLaVA-1.5 fine-tune stage defaults (docs/ALGORITHM.md §7).
         o = cfg.optim
         assert (o.lr, o.warmup_ratio, o.schedule, o.weight_decay) == (2e-5, 0.03, "cosine", 0.0)
         assert (cfg.global_batch_size, cfg.num_epochs, cfg.data.max_length) == (128, 1, 2048)

@@ -1,4 +1,4 @@
-"""Benchmark scorers (EVAL.md §1-§9). Pure Python: importing this never imports JAX.
+"""Benchmark scorers (docs/EVAL.md §1-§9). Pure Python: importing this never imports JAX.
 
     block = score_benchmark("pope", answers="ans.jsonl", annotations="coco/",
                             questions="llava_pope_test.jsonl")

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
-# Suffixes appended to the question text by the official question files (EVAL.md §0).
+# Suffixes appended to the question text by the official question files (docs/EVAL.md §0).
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
 

@@ -1,4 +1,4 @@
-"""GQA scorer (EVAL.md §3): trailing-period strip + lowercase, then exact match
+"""GQA scorer (docs/EVAL.md §3): trailing-period strip + lowercase, then exact match
 against the balanced testdev answers. Binary = structural type != 'query'."""
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def score(answers_path: str, annotations_path: str, questions_path: str | None =
 
     missing = [qid for qid in balanced if qid not in predictions]
     if missing:
-        # The official script aborts here (KeyError); EVAL.md §10: raise.
+        # The official script aborts here (KeyError); docs/EVAL.md §10: raise.
         raise ScoreError(f"{answers_path}: no prediction for {len(missing)} balanced question(s) "
                          f"(e.g. {show_ids(missing)}); GQA scores every balanced question")
     if not balanced:

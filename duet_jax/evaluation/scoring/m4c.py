@@ -1,13 +1,13 @@
-"""The m4c / EvalAI VQA answer normaliser used by TextVQA (EVAL.md §2), quirks kept.
+"""The m4c / EvalAI VQA answer normaliser used by TextVQA (docs/EVAL.md §2), quirks kept.
 
-Also the normaliser of the video lexical proxy (EVAL.md §7).
+Also the normaliser of the video lexical proxy (docs/EVAL.md §7).
 """
 from __future__ import annotations
 
 import re
 
 # The standard VQA-eval contraction table, restricted to the entries that can fire
-# after lowercasing (EVAL.md §2). "somebody'd -> somebodyd" is reversed upstream; kept.
+# after lowercasing (docs/EVAL.md §2). "somebody'd -> somebodyd" is reversed upstream; kept.
 _CONTRACTION_PAIRS = """
 aint ain't; arent aren't; cant can't; couldve could've; couldnt couldn't;
 couldn'tve couldn't've; couldnt've couldn't've; didnt didn't; doesnt doesn't; dont don't;
@@ -48,7 +48,7 @@ _PERIOD_COUNT_QUIRK = int(re.UNICODE)
 
 
 def normalize_answer(answer: str) -> str:
-    """EVAL.md §2 steps 1-5, applied identically to predictions and GT answers."""
+    """docs/EVAL.md §2 steps 1-5, applied identically to predictions and GT answers."""
     # Step 1: the word tokenizer.
     text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     # Step 2.

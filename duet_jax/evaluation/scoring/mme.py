@@ -1,4 +1,4 @@
-"""MME scorer (EVAL.md §4): the LLaVA answer -> TSV conversion and the MME toolkit's
+"""MME scorer (docs/EVAL.md §4): the LLaVA answer -> TSV conversion and the MME toolkit's
 calculation. Subtask score = 100*acc + 100*acc+; reported number = perception + cognition."""
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def score(answers_path: str, annotations_path: str, questions_path: str | None =
             raise ScoreError(f"{where(answers_path, answer)}: no GT for {category}/{txt_name} question "
                              f"{question!r} in {annotations_path}")
         text = answer["text"]
-        # A tab or line break would break the official TSV line (EVAL.md §10).
+        # A tab or line break would break the official TSV line (docs/EVAL.md §10).
         cleaned = text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
         if cleaned != text:
             deviations.append(f"{qid}: tab/newline in the model output replaced by spaces")

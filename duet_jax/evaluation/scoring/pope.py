@@ -1,4 +1,4 @@
-"""POPE scorer (EVAL.md §1): first-sentence / comma-drop / space-split yes-no parse,
+"""POPE scorer (docs/EVAL.md §1): first-sentence / comma-drop / space-split yes-no parse,
 per-split confusion counts, reported number = mean F1 over the splits x100.
 
 Labels are paired with the question file's questions of the same split by position
@@ -36,7 +36,7 @@ def split_metrics(predictions: list[str], labels: list[str]) -> tuple[dict, list
         tn += not positive_pred and not positive_label
         fn += not positive_pred and positive_label
     deviations = []
-    # The official code raises ZeroDivisionError here; EVAL.md §10 defines these as 0.
+    # The official code raises ZeroDivisionError here; docs/EVAL.md §10 defines these as 0.
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     if tp + fp == 0:
@@ -98,7 +98,7 @@ def score(answers_path: str, annotations_path: str, questions_path: str | None =
     for split, split_labels in labels.items():
         ids = by_split.get(split, [])
         if len(ids) != len(split_labels):
-            # Officially zipped by position and silently truncated; EVAL.md §10: raise.
+            # Officially zipped by position and silently truncated; docs/EVAL.md §10: raise.
             raise ScoreError(
                 f"split {split!r}: {len(split_labels)} labels in coco_pope_{split}.json but "
                 f"{len(ids)} questions/answers; labels pair with questions by position, so the "

@@ -1,4 +1,4 @@
-"""The paper's "relative average %" (EVAL.md §8).
+"""The paper's "relative average %" (docs/EVAL.md §8).
 
 Avg% = 100 * mean_b score_b(method) / score_b(baseline) over GQA, MME (P+C), POPE
 (F1 mean), SQA (overall accuracy) and TextVQA; for Video-LLaVA the mean of the three
@@ -51,7 +51,7 @@ def _video_judges(summary: dict | None) -> set:
 
 
 def relative_block(summary: dict, own_baseline: dict | None = None) -> dict:
-    """The summary's `relative_avg` entry (EVAL.md §9), from the other entries."""
+    """The summary's `relative_avg` entry (docs/EVAL.md §9), from the other entries."""
     scores = {b: headline(summary, b) for b in IMAGE_BENCHMARKS}
     own = {b: headline(own_baseline, b) for b in IMAGE_BENCHMARKS} if own_baseline else None
     block = {

@@ -1,4 +1,4 @@
-"""SEED-Bench v1 scorer (EVAL.md §6): exact letter equality, answers looked up by
+"""SEED-Bench v1 scorer (docs/EVAL.md §6): exact letter equality, answers looked up by
 int(annotation question_id); per-type, all, image and video micro-accuracies.
 
 A question without a usable answer line (missing, or answered under a str id) scores
@@ -76,7 +76,7 @@ def score(answers_path: str, annotations_path: str, questions_path: str | None =
     for type_id in sorted(type_counts, key=str):
         name = type_names.get(type_id, str(type_id))
         if type_id not in correct_counts:
-            # Officially a KeyError (no correct and no missing answer); EVAL.md §10: 0.
+            # Officially a KeyError (no correct and no missing answer); docs/EVAL.md §10: 0.
             deviations.append(f"type {name!r}: every answer wrong (official KeyError); reported 0")
         per_type[name] = percent(correct_counts.get(type_id, 0), type_counts[type_id])
         per_type_n[name] = type_counts[type_id]

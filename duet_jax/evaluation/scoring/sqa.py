@@ -1,4 +1,4 @@
-"""ScienceQA scorer (EVAL.md §5): three letter-parse rules, overall Accuracy over the
+"""ScienceQA scorer (docs/EVAL.md §5): three letter-parse rules, overall Accuracy over the
 test split (missing prediction = FAILED, text-only) and IMG-Accuracy over the problems
 whose prediction prompt contains '<image>'."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The run summary JSON (EVAL.md §9): one file per run, one key per benchmark.
+"""The run summary JSON (docs/EVAL.md §9): one file per run, one key per benchmark.
 
 `eval.py score` merges each benchmark's block into the run's summary file (so the
 five image benchmarks of one run end up side by side), recomputes `relative_avg`,

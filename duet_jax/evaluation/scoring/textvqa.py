@@ -1,4 +1,4 @@
-"""TextVQA scorer (EVAL.md §2): prompt -> question recovery, m4c normalisation,
+"""TextVQA scorer (docs/EVAL.md §2): prompt -> question recovery, m4c normalisation,
 soft 10-answer accuracy. Accuracy is the mean over answer lines, x100."""
 from __future__ import annotations
 

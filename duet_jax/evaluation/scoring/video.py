@@ -1,4 +1,4 @@
-"""Video QA scorer (TGIF / MSVD / MSRVTT, EVAL.md §7).
+"""Video QA scorer (TGIF / MSVD / MSRVTT, docs/EVAL.md §7).
 
 * Lexical proxy (default, offline): m4c-normalise GT and prediction; a hit when they
   are equal or the GT tokens occur as a contiguous run of the prediction's tokens.
