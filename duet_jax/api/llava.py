@@ -1,4 +1,4 @@
-"""The LLaVA-1.5 handle (API.md §3); `duet_jax.api.registry.load_llava` returns it for
+"""The LLaVA-1.5 handle (docs/API.md §3); `duet_jax.api.registry.load_llava` returns it for
 HF / original / converted LLaVA directories."""
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ class Llava(Handle):
         """User messages + images (paths, PIL images or None) -> a right-padded batch.
 
         A message is wrapped in the vicuna_v1 template with `<image>\\n` in front
-        (EVAL.md §0) unless it already is a full prompt ending in `ASSISTANT:`.
+        (docs/EVAL.md §0) unless it already is a full prompt ending in `ASSISTANT:`.
         """
         from duet_jax.data.conversation import build_eval_prompt
         from duet_jax.data.images import preprocess_image
