@@ -21,7 +21,7 @@ import json
 import os
 
 from .questions import Question, question_key
-from .scoring.common import ScoreError, atomic_write_text
+from .io import ScoreError, atomic_write_text
 
 _FIX = "pass the question file it was written for, or a new --answers path"
 

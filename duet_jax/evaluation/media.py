@@ -22,7 +22,7 @@ from PIL import Image
 from duet_jax.data.frames import FRAME_EXTS, VIDEO_FRAMES, frame_files, frame_indices
 
 from .questions import Question, resolve_image_path, resolve_video_path
-from .scoring.common import ScoreError
+from .io import ScoreError
 
 
 

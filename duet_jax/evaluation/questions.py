@@ -22,7 +22,8 @@ import uuid
 from duet_jax.data.conversation import IMAGE_TOKEN, LLAVA_V1_SYSTEM, VICUNA_V1_SYSTEM
 from duet_jax.data.frames import VIDEO_FRAMES
 
-from .scoring.common import LETTER_ANSWER, ScoreError, read_json, read_jsonl, require_fields
+from .io import ScoreError, read_json, read_jsonl
+from .scoring.common import LETTER_ANSWER, require_fields
 
 STOP_STRING = "</s>"
 # model_vqa_loader's default (no script overrides it); model_vqa_science and the video

@@ -38,7 +38,7 @@ from . import answer_file, media
 from .questions import (DEFAULT_MAX_NEW_TOKENS, AnswerWriter, Question, answer_record,
                         clean_output, load_questions, resolve_image_path)
 from .scoring import BENCHMARKS
-from .scoring.common import ScoreError
+from .io import ScoreError
 
 DEFAULT_LENGTH_BUCKET = 32
 

@@ -20,7 +20,7 @@ import os
 from . import media, runner
 from .questions import load_questions
 from .scoring import score_benchmark, update_summary
-from .scoring.common import ScoreError, read_json
+from .io import ScoreError, read_json
 
 # The reported number of each benchmark (docs/EVAL.md §1-§7) and a few secondary ones.
 HEADLINE = {"pope": ("f1_mean", "POPE F1"), "textvqa": ("accuracy", "TextVQA acc"),

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from duet_jax.models.config import LlavaConfig, TextConfig, VisionConfig
+from duet_jax.models.config import LlavaConfig
 
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
@@ -56,12 +56,6 @@ class LlavaNextConfig(LlavaConfig):
         out.update(model_type="llava_next", architectures=["LlavaNextForConditionalGeneration"],
                    image_grid_pinpoints=[list(p) for p in self.image_grid_pinpoints])
         return out
-
-
-def config_from_hf(d: Mapping[str, Any]) -> LlavaConfig:
-    """LlavaConfig or LlavaNextConfig by the dict's model_type."""
-    cls = LlavaNextConfig if d.get("model_type") == "llava_next" else LlavaConfig
-    return cls.from_hf(d)
 
 
 def select_best_resolution(size_hw: Tuple[int, int], pinpoints: Sequence) -> Tuple[int, int]:

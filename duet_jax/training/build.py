@@ -7,8 +7,8 @@ import shutil
 from typing import Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 
+from duet_jax.dtypes import parse_dtype
 from duet_jax.models.config import LlavaConfig
 from duet_jax.training.config import ConfigError, TrainConfig
 from duet_jax.training.random_model import (build_tokenizer, corpus_from_records,
@@ -19,9 +19,9 @@ ASSETS_SUBDIR = "assets"        # tokenizer + processor of a random model, insid
 
 def _dtype(name: str, key: str):
     try:
-        return jnp.dtype(name)
-    except TypeError:
-        raise ConfigError(f"{key}={name!r} is not a dtype; use float32 or bfloat16") from None
+        return parse_dtype(name, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def compute_dtypes(cfg: TrainConfig):

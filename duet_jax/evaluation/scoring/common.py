@@ -1,70 +1,21 @@
 """Shared helpers of the benchmark scorers: file reading, answer matching, errors.
 
-Every problem with the inputs is raised as `ScoreError` with one line that names
+File reading lives in `duet_jax.evaluation.io`. Every problem with the inputs is
+raised as `ScoreError` with one line that names
 the file (and line) and says what to fix; `eval.py score` prints it and exits 2.
 Pure Python (json, os): the scorers must never import JAX.
 """
 from __future__ import annotations
 
 import collections
-import json
 import os
 from typing import Any, Callable, Hashable, Iterable, Sequence
+
+from ..io import ScoreError, read_json, read_jsonl  # noqa: F401  (the scorers' one import)
 
 # Suffixes appended to the question text by the official question files (docs/EVAL.md §0).
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
-
-
-class ScoreError(Exception):
-    """Bad scorer input; the message is one line naming the problem and the fix."""
-
-
-def read_json(path: str) -> Any:
-    """Load a whole JSON file; any failure becomes a one-line ScoreError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ScoreError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ScoreError(f"{path}: is a folder, expected a JSON file") from None
-    except json.JSONDecodeError as e:
-        raise ScoreError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScoreError(f"{path}: cannot read ({e})") from None
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Read a JSON-lines file of objects. Blank lines are skipped.
-
-    Returns the records in file order; each gets its 1-based line number under
-    the private key `_line` so later errors can point at the line.
-    """
-    records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ScoreError(
-                        f"{path}:{number}: malformed JSON line ({e.msg}); each line must be one JSON object"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise ScoreError(
-                        f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-                record["_line"] = number
-                records.append(record)
-    except FileNotFoundError:
-        raise ScoreError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ScoreError(f"{path}: is a folder, expected a JSON-lines file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScoreError(f"{path}: cannot read ({e})") from None
-    return records
 
 
 def where(path: str, record: dict) -> str:
@@ -162,20 +113,3 @@ def read_answer_lines(answers_path: str) -> list:
     if not answers:
         raise ScoreError(f"{answers_path}: no answer lines to score")
     return answers
-
-
-def atomic_write_text(path: str, text: str, prefix: str = ".tmp-") -> None:
-    """Atomic rewrite: temp file in the same folder, fsync, os.replace (never half-written)."""
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from .common import ScoreError, atomic_write_text, read_json
+from ..io import ScoreError, atomic_write_text, read_json
 from .relative import IMAGE_BENCHMARKS, relative_block
 
 BENCHMARK_KEYS = ("pope", "textvqa", "gqa", "mme", "sqa", "seed", "video")
