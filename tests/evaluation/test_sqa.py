@@ -72,12 +72,19 @@ def test_img_accuracy_null_without_image_prompts(files, llava_answer):
     assert block["deviations"]
 
 
-def test_extra_answer_raises(files, llava_answer):
-    folder = _problems(files, [2])
+def test_answers_outside_the_split_are_ignored_with_a_warning(files, llava_answer, capsys):
+    """eval_science_qa.py scores every problem of pid_splits["test"] and reads no other id:
+    the number is the split's (here 1 of 2 right, the other split problem missing), and
+    the ignored ids are counted on stderr."""
+    folder = _problems(files, [2, 2])
     answers = files.jsonl("a.jsonl", [llava_answer("0", "B", _prompt(False)),
-                                      llava_answer("77", "B", _prompt(False))])
-    with pytest.raises(ScoreError, match="outside the test split"):
-        sqa.score(answers, folder)
+                                      llava_answer("77", "A", _prompt(False)),
+                                      llava_answer("78", "A", _prompt(False))])
+    block = sqa.score(answers, folder)
+    assert block["accuracy"] == pytest.approx(50.0) and block["n"] == 2
+    assert block["n_missing"] == 1 and block["n_ignored"] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning:") and "2 answer(s)" in err[0]
 
 
 def test_question_file_must_match(files, llava_answer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from .common import (ScoreError, index_unique, match_answers, percent, read_json, read_jsonl,
                      require_dir, require_fields, require_str, show_ids)
@@ -76,10 +77,13 @@ def score(answers_path: str, annotations_path: str, questions_path: str | None =
             population = "test-split problems in --questions"
         split_ids = [pid for pid in split_ids if pid in wanted]
     else:
-        extra = [qid for qid in predictions if qid not in set(split_ids)]
+        # The official eval_science_qa.py scores the split and never reads other ids.
+        in_split = set(split_ids)
+        extra = [qid for qid in predictions if qid not in in_split]
         if extra:
-            raise ScoreError(f"{answers_path}: {len(extra)} answer(s) for ids outside the test split "
-                             f"(e.g. {show_ids(extra)})")
+            print(f"warning: {answers_path}: {len(extra)} answer(s) for ids outside the test split "
+                  f"ignored, as the official script ignores them (e.g. {show_ids(extra)})",
+                  file=sys.stderr)
 
     correct = total = img_correct = img_total = missing = 0
     for pid in split_ids:
@@ -103,4 +107,4 @@ def score(answers_path: str, annotations_path: str, questions_path: str | None =
                           "(the official script divides by zero)")
     return {"accuracy": percent(correct, total), "img_accuracy": percent(img_correct, img_total),
             "n": total, "n_img": img_total, "n_missing": missing, "population": population,
-            "deviations": deviations}
+            "n_ignored": len(extra) if questions_path is None else 0, "deviations": deviations}
