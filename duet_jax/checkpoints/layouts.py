@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Optional
 
 from duet_jax.checkpoints import plan
-from duet_jax.checkpoints.plan import (CONV, COPY, IGNORED, LINEAR, Entry, Kind, Layout, Rule,
-                                       parse_key, to_pytree, to_torch, torch_shape)
+from duet_jax.checkpoints.plan import (CONV, COPY, IGNORED, LINEAR, Entry, Kind, Layout, Rows,
+                                       Rule, parse_key)
 from duet_jax.checkpoints.reader import CheckpointError
 from duet_jax.models.config import LlavaConfig
 
@@ -37,21 +37,8 @@ __all__ = ["CLIP", "CONV", "COPY", "HF", "IGNORED", "LINEAR", "ORIGINAL", "TABLE
 
 
 def _build_table() -> tuple:
-    rows = []
-
-    def add(path, component, name, kind=COPY):
-        rows.append(Entry(tuple(path.split("/")), component, name, kind))
-
-    def linear(path, component, name, bias=True):
-        add(f"{path}/kernel", component, f"{name}.weight", LINEAR)
-        if bias:
-            add(f"{path}/bias", component, f"{name}.bias")
-
-    def norm(path, component, name, bias=True):
-        add(f"{path}/scale", component, f"{name}.weight")
-        if bias:
-            add(f"{path}/bias", component, f"{name}.bias")
-
+    t = Rows()
+    add, linear, norm = t.add, t.linear, t.norm
     add("vision/embeddings/class_embedding", "vision", "embeddings.class_embedding")
     add("vision/embeddings/patch_embedding/kernel", "vision", "embeddings.patch_embedding.weight", CONV)
     add("vision/embeddings/position_embedding/embedding", "vision", "embeddings.position_embedding.weight")
@@ -75,7 +62,7 @@ def _build_table() -> tuple:
     norm("text/norm", "text", "norm", bias=False)
     linear("text/lm_head", "head", "lm_head", bias=False)
     add("image_newline", "newline", "image_newline")    # LLaVA-NeXT only
-    return tuple(rows)
+    return tuple(t.rows)
 
 
 TABLE = _build_table()
@@ -105,6 +92,21 @@ CLIP = Layout("clip", (Rule("vision", r"(?:vision_model\.)?", "vision_model."),)
 def torch_name(entry: Entry, layer: Optional[int], layout: Layout = HF) -> str:
     """The PyTorch key of `entry` (layer `layer`) in `layout`'s canonical naming (hub llava-hf)."""
     return plan.torch_name(entry, layer, layout)
+
+
+def to_pytree(arr, kind: Kind):
+    """One PyTorch tensor (one layer) -> our leaf layout."""
+    return kind.to_tree(arr)
+
+
+def to_torch(arr, kind: Kind):
+    """One leaf (one layer) of ours -> the PyTorch tensor layout."""
+    return kind.to_torch(arr)
+
+
+def torch_shape(shape: tuple, kind: Kind) -> tuple:
+    """Per-layer pytree shape -> the PyTorch tensor shape."""
+    return kind.torch_shape(shape)
 
 
 def leaf_shapes(cfg: LlavaConfig) -> dict:

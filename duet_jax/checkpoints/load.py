@@ -13,15 +13,21 @@ import os
 from typing import Optional
 
 from duet_jax.checkpoints import llava, qwen25vl, video
-from duet_jax.checkpoints.llava import FORMAT, llava_config, resolve_hf_config  # noqa: F401
-from duet_jax.checkpoints.orbax_io import (MARKER, PARAMS_SUBDIR, is_converted,  # noqa: F401
+from duet_jax.checkpoints.llava import FORMAT, llava_config, resolve_hf_config
+from duet_jax.checkpoints.orbax_io import (MARKER, PARAMS_SUBDIR, is_converted,
                                            read_converted, restore_params, sharding_lookup)
-from duet_jax.checkpoints.plan import (Family, Plan, check_shape, read_params,  # noqa: F401
+from duet_jax.checkpoints.plan import (Family, Plan, check_shape, read_params,
                                        with_hf_defaults)
-from duet_jax.checkpoints.reader import (CheckpointError, check_dir, find_weight_files,  # noqa: F401
+from duet_jax.checkpoints.reader import (CheckpointError, check_dir, find_weight_files,
                                          read_json)
 
 FAMILIES = (llava.FAMILY, video.FAMILY, qwen25vl.FAMILY)
+
+# the names other code imports from here (some live in the modules above)
+__all__ = ["FAMILIES", "FORMAT", "MARKER", "PARAMS_SUBDIR", "CheckpointError", "Plan",
+           "check_shape", "checkpoint_kind", "family_of", "family_of_format", "llava_config",
+           "load_params", "plan_conversion", "read_converted_dir", "read_json", "read_params",
+           "resolve_hf_config", "with_hf_defaults"]
 
 
 def family_of(hf_config: dict) -> Family:

@@ -76,21 +76,6 @@ LINEAR = Transpose("linear", (1, 0))
 CONV = Transpose("conv", (2, 3, 1, 0))
 
 
-def to_pytree(arr: np.ndarray, kind: Kind) -> np.ndarray:
-    """One stored tensor (one layer) -> our leaf layout."""
-    return kind.to_tree(arr)
-
-
-def to_torch(arr: np.ndarray, kind: Kind) -> np.ndarray:
-    """One leaf (one layer) of ours -> the stored tensor layout."""
-    return kind.to_torch(arr)
-
-
-def torch_shape(shape: tuple, kind: Kind) -> tuple:
-    """Per-layer pytree shape -> the stored tensor shape."""
-    return kind.torch_shape(shape)
-
-
 # ---- tables and layouts ----
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +88,27 @@ class Entry:
     @property
     def stacked(self) -> bool:
         return "{i}" in self.name
+
+
+class Rows:
+    """Builds a table: `add` one row; `linear` (kernel + optional bias) and `norm` (scale +
+    optional bias) add a module's rows. Paths are "a/b/c"; names may hold "{i}"."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, path: str, component: str, name: str, kind: Kind = COPY):
+        self.rows.append(Entry(tuple(path.split("/")), component, name, kind))
+
+    def linear(self, path: str, component: str, name: str, bias: bool = True):
+        self.add(f"{path}/kernel", component, f"{name}.weight", LINEAR)
+        if bias:
+            self.add(f"{path}/bias", component, f"{name}.bias")
+
+    def norm(self, path: str, component: str, name: str, bias: bool = True):
+        self.add(f"{path}/scale", component, f"{name}.weight")
+        if bias:
+            self.add(f"{path}/bias", component, f"{name}.bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +222,17 @@ def plan_hf(family: Family, path: str, weights: WeightFiles, raw: dict) -> Plan:
     src = map_keys(weights, layout, shapes, {}, family.name)
     check_complete([src], shapes, lambda e: layout, path)
     return Plan(hf_config, cfg, family.describe(weights.tensors), [src], shapes, [(path, None)])
+
+
+def with_hf_defaults(hf_config_class, d: dict, family: str) -> dict:
+    """`d` as transformers' `hf_config_class` completes it (minus bookkeeping keys)."""
+    try:
+        resolved = hf_config_class.from_dict(dict(d)).to_dict()
+    except Exception as e:   # transformers validates with assorted exception types
+        raise CheckpointError(f"config.json is not a valid {family} config: {e}") from None
+    for k in ("_name_or_path", "transformers_version"):
+        resolved.pop(k, None)
+    return resolved
 
 
 def map_keys(weights: WeightFiles, layout: Layout, shapes: dict, claimed: dict, family: str,
@@ -364,14 +381,3 @@ def _producer(leaf, layer, kind):
     def produce():
         return kind.to_torch(leaf[layer] if layer is not None else leaf)
     return produce
-
-
-def with_hf_defaults(hf_config_class, d: dict, family: str) -> dict:
-    """`d` as transformers' `hf_config_class` completes it (minus bookkeeping keys)."""
-    try:
-        resolved = hf_config_class.from_dict(dict(d)).to_dict()
-    except Exception as e:   # transformers validates with assorted exception types
-        raise CheckpointError(f"config.json is not a valid {family} config: {e}") from None
-    for k in ("_name_or_path", "transformers_version"):
-        resolved.pop(k, None)
-    return resolved

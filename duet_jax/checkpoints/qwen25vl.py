@@ -16,8 +16,8 @@ import os
 
 from duet_jax.checkpoints.orbax_io import (flatten_tree, is_converted, read_converted,
                                            restore_params)
-from duet_jax.checkpoints.plan import (COPY, LINEAR, Entry, Family, Flatten, Layout, Rule,
-                                       export_entries, read_params)
+from duet_jax.checkpoints.plan import (Family, Flatten, Layout, Rows, Rule, export_entries,
+                                       read_params)
 from duet_jax.checkpoints.reader import (CheckpointError, check_dir, find_weight_files, read_json,
                                          write_safetensors)
 from duet_jax.models.qwen25vl import Qwen25VLConfig
@@ -28,16 +28,8 @@ FORMAT = "duet_jax.qwen2_5_vl"
 @functools.lru_cache(maxsize=None)
 def _table(patch_tail: tuple) -> tuple:
     """Every row of the model; `patch_tail` = (C, T, p, p) of the Conv3d patch embedding."""
-    rows = []
-
-    def add(path, comp, name, kind=COPY):
-        rows.append(Entry(tuple(path.split("/")), comp, name, kind))
-
-    def linear(path, comp, name, bias=True):
-        add(f"{path}/kernel", comp, f"{name}.weight", LINEAR)
-        if bias:
-            add(f"{path}/bias", comp, f"{name}.bias")
-
+    t = Rows()
+    add, linear = t.add, t.linear
     add("vision/patch_embed/kernel", "vision", "patch_embed.proj.weight", Flatten("patch", patch_tail))
     for n in ("norm1", "norm2"):
         add(f"vision/layers/{n}/scale", "vision", f"blocks.{{i}}.{n}.weight")
@@ -58,7 +50,7 @@ def _table(patch_tail: tuple) -> tuple:
         add(f"text/layers/{n}/scale", "text", f"layers.{{i}}.{n}.weight")
     add("text/norm/scale", "text", "norm.weight")
     linear("text/lm_head", "head", "lm_head", bias=False)   # absent with tied embeddings
-    return tuple(rows)
+    return tuple(t.rows)
 
 
 @functools.lru_cache(maxsize=None)

@@ -64,6 +64,10 @@ def test_cli_round_trip_is_bit_exact(qwen_hf, tmp_path):
     any_cfg, any_params = load_params(out)
     assert any_cfg == cfg
     assert_same_params(host(any_params), want)
+    import duet_jax     # the public loader takes the converted dir like the HF one
+    a, b = duet_jax.load_llava(qwen_hf), duet_jax.load_llava(out)
+    assert type(a) is type(b) and a.config == b.config
+    assert_same_params(host(b.params), host(a.params))
     r = run_cli("--src", out, "--dst", back, "--to", "hf")
     assert r.returncode == 0, r.stderr
     assert ASSETS <= set(os.listdir(back))
