@@ -1,10 +1,13 @@
-"""`python -m convert`: PyTorch LLaVA checkpoint <-> duet_jax orbax checkpoint.
+"""`python -m convert`: PyTorch checkpoint <-> duet_jax orbax checkpoint, every family
+(LLaVA-1.5, LLaVA-NeXT, Video-LLaVA, Qwen2.5-VL; `duet_jax.checkpoints.convert` does the work).
 
     python -m convert --src HF_OR_LLAVA_DIR --dst OUT_DIR [--dtype bfloat16]
     python -m convert --src LLAVA_DIR --vision-tower CLIP_DIR --dst OUT_DIR
     python -m convert --src OUT_DIR --dst HF_DIR --to hf
 
-Every failure prints one line `error: ...` on stderr and exits non-zero.
+Every failure prints one line `error: ...` on stderr and exits non-zero: 2 for a
+usage error or a checkpoint problem the user can fix (unknown, missing or
+duplicate weights, shape mismatches, an existing --dst, ...), 1 for anything else.
 """
 from __future__ import annotations
 
@@ -28,18 +31,20 @@ def _size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m convert", description=(
-        "Convert an HF llava-hf / legacy HF / original LLaVA checkpoint into a duet_jax "
-        "orbax checkpoint (config, params, tokenizer and processor files), or export any "
-        "of them back to an HF llava-hf directory with --to hf."))
+        "Convert an HF checkpoint (llava-hf / legacy HF / original LLaVA, LLaVA-NeXT, "
+        "Video-LLaVA, Qwen2.5-VL) into a duet_jax orbax checkpoint (config, params, tokenizer "
+        "and processor files), or export any of them back to an HF directory with --to hf."))
     p.add_argument("--src", required=True, metavar="DIR",
-                   help="HF LLaVA dir, original LLaVA dir, or a converted duet_jax dir")
+                   help="HF dir (LLaVA, LLaVA-NeXT, Video-LLaVA, Qwen2.5-VL), original LLaVA "
+                        "dir, or a converted duet_jax dir")
     p.add_argument("--dst", required=True, metavar="DIR",
                    help="output dir; must not exist (or be empty); written atomically")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="cast the params to this dtype (default: keep the stored dtype)")
     p.add_argument("--to", choices=("orbax", "hf"), default="orbax",
-                   help="orbax: duet_jax checkpoint (default); hf: safetensors that "
-                        "LlavaForConditionalGeneration.from_pretrained loads")
+                   help="orbax: duet_jax checkpoint (default); hf: safetensors that the "
+                        "family's transformers class (e.g. LlavaForConditionalGeneration) "
+                        "loads with from_pretrained")
     p.add_argument("--vision-tower", metavar="DIR", default=None,
                    help="CLIP checkpoint dir (CLIPVisionModel or CLIPModel) for an original "
                         "LLaVA --src, which names its vision tower instead of holding it")
@@ -51,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import convert
+        from duet_jax.checkpoints import convert
 
         if args.to == "hf":
             info = convert.export_hf(args.src, args.dst, dtype=args.dtype,
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
         if not isinstance(e, (CheckpointError, OSError)):   # a bug or an odd file: name the type
             msg = f"{type(e).__name__}: {msg}"
         print(f"error: {msg}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, CheckpointError) else 1
     return 0
 
 

@@ -1,9 +1,10 @@
-"""Checkpoint layouts: one table maps PyTorch weight names <-> our parameter pytree.
+"""LLaVA-1.5 / LLaVA-NeXT checkpoint layouts: the table of `duet_jax.checkpoints.plan`.
 
 `TABLE` is the single source of truth for both directions. Each row names a
 pytree leaf (layout in `duet_jax.models.config`), the PyTorch name under its
-component root, and the transform between the two. A `{i}` in the name means
-the leaf is stacked on a leading `[num_layers]` axis.
+component root, and the transform between the two (`plan.Kind`). A `{i}` in
+the name means the leaf is stacked on a leading `[num_layers]` axis. The
+mechanism (parsing, checks, streaming) is `plan`'s; this module only declares.
 
 Component roots differ per layout (`Rule`). Reading accepts every prefix
 variant that transformers 5's `LlavaForConditionalGeneration.from_pretrained`
@@ -22,47 +23,22 @@ Export writes the hub llava-hf names (`language_model.model.*`,
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import re
 from typing import Optional
 
-import numpy as np
-
+from duet_jax.checkpoints import plan
+from duet_jax.checkpoints.plan import (CONV, COPY, IGNORED, LINEAR, Entry, Kind, Layout, Rows,
+                                       Rule, parse_key)
 from duet_jax.checkpoints.reader import CheckpointError
 from duet_jax.models.config import LlavaConfig
 
-COPY, LINEAR, CONV = "copy", "linear", "conv"
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    path: tuple        # pytree path, e.g. ("text", "layers", "mlp", "up_proj", "kernel")
-    component: str     # "vision" | "text" | "head" | "projector"
-    name: str          # PyTorch name under the component root; "{i}" = layer index
-    kind: str          # COPY | LINEAR (torch [out, in] <-> [in, out]) | CONV (OIHW <-> HWIO)
-
-    @property
-    def stacked(self) -> bool:
-        return "{i}" in self.name
+__all__ = ["CLIP", "CONV", "COPY", "HF", "IGNORED", "LINEAR", "ORIGINAL", "TABLE", "Entry", "Kind",
+           "Layout", "Rule", "detect_layout", "hf_variant", "leaf_shapes", "original_hf_config",
+           "parse_key", "to_pytree", "to_torch", "tokenizer_image_id", "torch_name", "torch_shape"]
 
 
 def _build_table() -> tuple:
-    rows = []
-
-    def add(path, component, name, kind=COPY):
-        rows.append(Entry(tuple(path.split("/")), component, name, kind))
-
-    def linear(path, component, name, bias=True):
-        add(f"{path}/kernel", component, f"{name}.weight", LINEAR)
-        if bias:
-            add(f"{path}/bias", component, f"{name}.bias")
-
-    def norm(path, component, name, bias=True):
-        add(f"{path}/scale", component, f"{name}.weight")
-        if bias:
-            add(f"{path}/bias", component, f"{name}.bias")
-
+    t = Rows()
+    add, linear, norm = t.add, t.linear, t.norm
     add("vision/embeddings/class_embedding", "vision", "embeddings.class_embedding")
     add("vision/embeddings/patch_embedding/kernel", "vision", "embeddings.patch_embedding.weight", CONV)
     add("vision/embeddings/position_embedding/embedding", "vision", "embeddings.position_embedding.weight")
@@ -86,42 +62,13 @@ def _build_table() -> tuple:
     norm("text/norm", "text", "norm", bias=False)
     linear("text/lm_head", "head", "lm_head", bias=False)
     add("image_newline", "newline", "image_newline")    # LLaVA-NeXT only
-    return tuple(rows)
+    return tuple(t.rows)
 
 
 TABLE = _build_table()
-_BY_NAME = {(e.component, e.name): e for e in TABLE}
-_LAYER = re.compile(r"^((?:encoder\.)?layers\.)(\d+)\.")
 # Buffers some checkpoints carry that are recomputed, never learned.
-_IGNORED = {"vision": re.compile(r"embeddings\.position_ids"),
-            "text": re.compile(r"(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")}
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """Where one component lives in a layout: a prefix regex to read, a canonical prefix to write."""
-    component: str
-    prefix: str
-    canonical: str
-    renames: tuple = ()     # (ours, theirs) replacements at the start of the remainder
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    name: str
-    rules: tuple
-    table: Optional[tuple] = None     # Entry rows of this layout's model (None: LLaVA's TABLE)
-    ignored: Optional[tuple] = None   # (component, regex) of buffers to skip (None: _IGNORED)
-
-    @property
-    def by_name(self) -> dict:
-        return _BY_NAME if self.table is None else _by_name(self.table)
-
-
-@functools.lru_cache(maxsize=None)
-def _by_name(table: tuple) -> dict:
-    return {(e.component, e.name): e for e in table}
-
+IGNORED_BUFFERS = (("vision", r"embeddings\.position_ids"),
+                   ("text", r"(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"))
 
 HF = Layout("hf", (
     Rule("vision", r"(?:model\.)?vision_tower\.(?:vision_model\.)?", "vision_tower.vision_model."),
@@ -129,7 +76,7 @@ HF = Layout("hf", (
     Rule("head", r"(?:language_model\.)?", "language_model."),
     Rule("projector", r"(?:model\.)?multi_modal_projector\.", "multi_modal_projector."),
     Rule("newline", r"(?:model\.)?", ""),      # LLaVA-NeXT's image_newline [Dt]
-))
+), TABLE, IGNORED_BUFFERS)
 ORIGINAL = Layout("original", (
     Rule("text", r"model\.", "model."),
     Rule("head", r"", ""),
@@ -137,44 +84,29 @@ ORIGINAL = Layout("original", (
          (("linear_1.", "0."), ("linear_2.", "2."))),
     Rule("vision", r"model\.vision_tower\.vision_tower\.vision_model\.",
          "model.vision_tower.vision_tower.vision_model."),
-))
-CLIP = Layout("clip", (Rule("vision", r"(?:vision_model\.)?", "vision_model."),))
-
-IGNORED = "ignored"
-
-
-def parse_key(key: str, layout: Layout):
-    """-> (Entry, layer index or None), IGNORED, or None when the key is not a LLaVA weight."""
-    ignorable = False
-    for rule in layout.rules:
-        m = re.match(rule.prefix, key)
-        if not m:
-            continue
-        rest = key[m.end():]
-        for ours, theirs in rule.renames:
-            if rest.startswith(theirs):
-                rest = ours + rest[len(theirs):]
-                break
-        layer = _LAYER.match(rest)
-        name = _LAYER.sub(r"\1{i}.", rest, count=1) if layer else rest
-        entry = layout.by_name.get((rule.component, name))
-        if entry is not None:
-            return entry, (int(layer.group(2)) if layer else None)
-        ignored = _IGNORED if layout.ignored is None else dict(layout.ignored)
-        pattern = ignored.get(rule.component)
-        ignorable = ignorable or bool(pattern and pattern.fullmatch(rest))
-    return IGNORED if ignorable else None
+), TABLE, IGNORED_BUFFERS)
+CLIP = Layout("clip", (Rule("vision", r"(?:vision_model\.)?", "vision_model."),), TABLE,
+              IGNORED_BUFFERS)
 
 
 def torch_name(entry: Entry, layer: Optional[int], layout: Layout = HF) -> str:
-    """The PyTorch key of `entry` (layer `layer`) in `layout`'s canonical naming."""
-    rule = next(r for r in layout.rules if r.component == entry.component)
-    rest = entry.name.replace("{i}", str(layer)) if entry.stacked else entry.name
-    for ours, theirs in rule.renames:
-        if rest.startswith(ours):
-            rest = theirs + rest[len(ours):]
-            break
-    return rule.canonical + rest
+    """The PyTorch key of `entry` (layer `layer`) in `layout`'s canonical naming (hub llava-hf)."""
+    return plan.torch_name(entry, layer, layout)
+
+
+def to_pytree(arr, kind: Kind):
+    """One PyTorch tensor (one layer) -> our leaf layout."""
+    return kind.to_tree(arr)
+
+
+def to_torch(arr, kind: Kind):
+    """One leaf (one layer) of ours -> the PyTorch tensor layout."""
+    return kind.to_torch(arr)
+
+
+def torch_shape(shape: tuple, kind: Kind) -> tuple:
+    """Per-layer pytree shape -> the PyTorch tensor shape."""
+    return kind.torch_shape(shape)
 
 
 def leaf_shapes(cfg: LlavaConfig) -> dict:
@@ -232,29 +164,6 @@ def _active(e: Entry, cfg: LlavaConfig) -> bool:
     if e.path[:3] == ("text", "layers", "mlp"):
         return t.mlp_bias
     return True
-
-
-def to_pytree(arr: np.ndarray, kind: str) -> np.ndarray:
-    """One PyTorch tensor (one layer) -> our leaf layout."""
-    if kind == LINEAR:
-        return arr.T
-    if kind == CONV:
-        return arr.transpose(2, 3, 1, 0)   # OIHW -> HWIO
-    return arr
-
-
-def to_torch(arr: np.ndarray, kind: str) -> np.ndarray:
-    """One leaf (one layer) of ours -> the PyTorch tensor layout."""
-    if kind == LINEAR:
-        return arr.T
-    if kind == CONV:
-        return arr.transpose(3, 2, 0, 1)   # HWIO -> OIHW
-    return arr
-
-
-def torch_shape(shape: tuple, kind: str) -> tuple:
-    """Per-layer pytree shape -> the PyTorch tensor shape."""
-    return tuple(to_torch(np.empty(shape, np.int8), kind).shape)
 
 
 def detect_layout(keys, config: dict) -> Layout:

@@ -1,4 +1,12 @@
-"""Save and restore the parameter pytree with orbax, optionally straight onto a mesh."""
+"""Save and restore the parameter pytree with orbax, optionally straight onto a mesh.
+
+A converted duet_jax directory (what `python -m convert` writes) is:
+
+    config.json                 the HF config dict of the model (defaults filled in)
+    duet_jax_checkpoint.json    marker: {"format": <family format>, "params": "params", ...}
+    params/                     orbax checkpoint of the param pytree
+    <tokenizer / processor files>
+"""
 from __future__ import annotations
 
 import os
@@ -6,7 +14,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from duet_jax.checkpoints.reader import CheckpointError
+from duet_jax.checkpoints.reader import CheckpointError, read_json
+
+MARKER = "duet_jax_checkpoint.json"     # marks a converted directory
+PARAMS_SUBDIR = "params"
 
 
 def flatten_tree(tree: Mapping, prefix: tuple = ()) -> dict:
@@ -119,3 +130,18 @@ def restore_params(directory: str, dtype=None, shardings: Optional[Mapping] = No
 
 def leaf_nbytes(tree: Mapping[Any, Any]) -> int:
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in flatten_tree(tree).values())
+
+
+def is_converted(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def read_converted(path: str, formats) -> tuple:
+    """-> (format, config.json dict, params dir) of a converted dir whose format is in `formats`."""
+    marker = read_json(os.path.join(path, MARKER))
+    fmt = marker.get("format")
+    if fmt not in formats:
+        raise CheckpointError(f"{path}/{MARKER} has format {fmt!r}, expected "
+                              + " or ".join(repr(f) for f in formats))
+    params_dir = os.path.join(path, marker.get("params", PARAMS_SUBDIR))
+    return fmt, read_json(os.path.join(path, "config.json")), params_dir

@@ -34,6 +34,28 @@ class CheckpointError(ValueError):
     """A checkpoint problem the user can fix; the message is one line naming the fix."""
 
 
+def read_json(path: str) -> dict:
+    """A JSON object file (config.json, a marker); any problem is one CheckpointError line."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return d
+
+
+def check_dir(path: str) -> None:
+    """`path` is an existing directory (a checkpoint is always one)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} does not exist; pass an existing checkpoint directory")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path} is a file; pass the checkpoint directory that holds it")
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
     """Where one stored tensor lives; `shape`/`dtype` are None until read for `.bin` files."""

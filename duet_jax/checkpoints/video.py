@@ -19,12 +19,10 @@ Export writes the hub names of `LanguageBind/Video-LLaVA-7B-hf`
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 
 from duet_jax.checkpoints import layouts
-from duet_jax.checkpoints.layouts import TABLE, Layout, Rule
-from duet_jax.checkpoints.load import with_hf_defaults
+from duet_jax.checkpoints.layouts import IGNORED_BUFFERS, TABLE
+from duet_jax.checkpoints.plan import Family, Layout, Rule, with_hf_defaults
 from duet_jax.checkpoints.reader import CheckpointError
 from duet_jax.models.video_llava import VideoLlavaConfig
 
@@ -45,16 +43,15 @@ def _build_table():
 
 
 VIDEO_TABLE, _SPLIT = _build_table()
-_POSITION_IDS = re.compile(r"embeddings\.position_ids")
+_BUFFERS = dict(IGNORED_BUFFERS)
 VIDEO_HF = Layout("video_llava", (
     Rule("image_tower", r"(?:model\.)?image_tower\.(?:vision_model\.)?", "image_tower.vision_model."),
     Rule("video_tower", r"(?:model\.)?video_tower\.(?:vision_model\.)?", "video_tower.vision_model."),
     Rule("text", r"(?:model\.)?language_model\.(?:model\.)?", "language_model.model."),
     Rule("head", r"(?:language_model\.)?", "language_model."),
     Rule("projector", r"(?:model\.)?multi_modal_projector\.", "multi_modal_projector."),
-), table=VIDEO_TABLE, ignored=(
-    ("image_tower", _POSITION_IDS), ("video_tower", _POSITION_IDS),
-    ("text", re.compile(r"(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"))))
+), VIDEO_TABLE, (("image_tower", _BUFFERS["vision"]), ("video_tower", _BUFFERS["vision"]),
+                 ("text", _BUFFERS["text"])))
 
 
 def is_video_config(d: dict) -> bool:
@@ -83,22 +80,6 @@ def video_config(hf_config: dict) -> VideoLlavaConfig:
         raise CheckpointError(f"config.json: {e}") from None
 
 
-def plan_video_conversion(path: str, weights, raw: dict):
-    """`load.plan_conversion` for a Video-LLaVA dir: config, key mapping, completeness."""
-    from duet_jax.checkpoints.load import Plan, _check_complete, _map_keys
-    if not any(isinstance(layouts.parse_key(k, VIDEO_HF), tuple) for k in weights.tensors):
-        sample = ", ".join(repr(k) for k in sorted(weights.tensors)[:3]) or "no keys at all"
-        raise CheckpointError(f"config.json says model_type 'video_llava' but no weight uses the "
-                              f"Video-LLaVA layout (keys like {sample}); fix config.json")
-    hf_config = resolve_hf_config(raw)
-    cfg = video_config(hf_config)
-    shapes = leaf_shapes(cfg)
-    src = _map_keys(weights, VIDEO_HF, shapes, {})
-    _check_complete([src], shapes, lambda e: VIDEO_HF, path)
-    return Plan(hf_config, cfg, "Video-LLaVA HF (image_tower.*, video_tower.*)", [src], shapes,
-                [(path, None)])
-
-
-def converted_is_video(path: str) -> bool:
-    from duet_jax.checkpoints.load import MARKER, read_json
-    return read_json(os.path.join(path, MARKER)).get("format") == FORMAT
+FAMILY = Family("Video-LLaVA", FORMAT, ("video_llava",), layout=lambda cfg: VIDEO_HF,
+                config=video_config, shapes=leaf_shapes, resolve=resolve_hf_config,
+                describe=lambda keys: "Video-LLaVA HF (image_tower.*, video_tower.*)")

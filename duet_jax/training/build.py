@@ -117,7 +117,7 @@ def export_trained(params: dict, model_cfg: LlavaConfig, assets: str, output_dir
 
     Every process takes part in the orbax write; process 0 writes the rest.
     """
-    from convert import ASSET_FILES, export_hf
+    from duet_jax.checkpoints.convert import ASSET_FILES, export_hf
     from duet_jax.checkpoints.load import FORMAT, MARKER, PARAMS_SUBDIR
     from duet_jax.checkpoints.orbax_io import save_params
 
