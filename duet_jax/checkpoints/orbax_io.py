@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from duet_jax.checkpoints.reader import CheckpointError, read_json
+from duet_jax.dtypes import DTYPES, parse_dtype
 
 MARKER = "duet_jax_checkpoint.json"     # marks a converted directory
 PARAMS_SUBDIR = "params"
@@ -62,16 +63,17 @@ def sharding_lookup(shardings: Optional[Mapping], paths) -> dict:
 
 
 def cast_dtype(dtype) -> Optional[np.dtype]:
-    """'bfloat16', jnp.bfloat16, np.float32, ... -> NumPy dtype (None stays None)."""
+    """'bfloat16', jnp.bfloat16, np.float32, ... -> NumPy dtype (None stays None); names go
+    through the package's one parser (`duet_jax.dtypes`)."""
     if dtype is None:
         return None
-    import jax.numpy as jnp
-
     try:
-        dt = np.dtype(jnp.dtype(dtype))
+        dt = np.dtype(parse_dtype(dtype))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     except TypeError:
         raise CheckpointError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
-    if not np.issubdtype(dt, np.floating) and dt != jnp.bfloat16:
+    if not np.issubdtype(dt, np.floating) and dt != np.dtype(DTYPES["bfloat16"]):
         raise CheckpointError(f"dtype {dtype!r} is not a floating type; use float32, bfloat16 or float16")
     return dt
 
