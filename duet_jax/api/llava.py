@@ -14,7 +14,8 @@ import numpy as np
 from duet_jax.api.base import Handle
 from duet_jax.dtypes import parse_dtype
 from duet_jax.models.config import LlavaConfig
-from duet_jax.models.llava import LlavaModel, unstack_params
+from duet_jax.models.llava import PARAM_AXES, LlavaModel, unstack_params
+from duet_jax.sharding import param_shardings
 
 
 @functools.partial(jax.jit, static_argnames=("module", "reduction", "images_in_every_sample"))
@@ -23,6 +24,31 @@ def _logits(module, params, input_ids, pixel_values, attention_mask, reduction,
     logits, seq = module.apply(params, input_ids, pixel_values, attention_mask,
                                reduction=reduction, images_in_every_sample=images_in_every_sample)
     return logits, seq.valid
+
+
+def checkpoint_config(path: str, vision_tower: Optional[str] = None):
+    """The config of a LLaVA-family checkpoint dir (HF, original, converted; Video-LLaVA's
+    too), from its config and weight headers alone."""
+    from duet_jax.checkpoints import video
+    from duet_jax.checkpoints.load import (MARKER, checkpoint_kind, llava_config,
+                                           plan_conversion, read_json)
+    if checkpoint_kind(path) != "converted":
+        return plan_conversion(path, vision_tower).config
+    config = read_json(os.path.join(path, "config.json"))
+    if read_json(os.path.join(path, MARKER)).get("format") == video.FORMAT:
+        return video.video_config(config)
+    return llava_config(config)
+
+
+def load_shardings(module_class, axes: dict, path: str, vision_tower: Optional[str], mesh):
+    """None without a mesh; else the `NamedSharding` tree the checkpoint's params load
+    straight onto: `module_class`'s param shapes (from the config alone) placed by `axes`,
+    its model's `PARAM_AXES` table."""
+    if mesh is None:
+        return None
+    shapes = jax.eval_shape(module_class(checkpoint_config(path, vision_tower)).init,
+                            jax.random.key(0))
+    return param_shardings(shapes, mesh, axes)
 
 
 def image_logits(module, params, input_ids, pixels, attention_mask, reduction):
@@ -41,6 +67,7 @@ class Llava(Handle):
     config: LlavaConfig
     module: LlavaModel
     module_class = LlavaModel    # the pure module `load` builds (LLaVA-NeXT: LlavaNextModel)
+    param_axes = PARAM_AXES      # its params' logical axes (duet_jax.sharding), from its model file
 
     @classmethod
     def load(cls, path: str, *, dtype: str = "float32", compute_dtype: Optional[str] = None,
@@ -49,27 +76,13 @@ class Llava(Handle):
         (`vision_tower=` its CLIP dir) or a `python -m convert` output."""
         from duet_jax.checkpoints import load_params
         pdt = parse_dtype(dtype)
-        shardings = None
-        if mesh is not None:
-            from duet_jax.sharding import param_shardings
-            shardings = param_shardings(cls._param_shapes(path, vision_tower), mesh)
+        shardings = load_shardings(cls.module_class, cls.param_axes, path, vision_tower, mesh)
         cfg, params = load_params(path, dtype=pdt, shardings=shardings, vision_tower=vision_tower)
         module = cls.module_class(cfg, dtype=parse_dtype(compute_dtype) or pdt, param_dtype=pdt,
                                   remat=remat)
         # donate: the stacked copy is freed leaf by leaf, so loading peaks at one
         # leaf above the model size, not at twice the layer weights
         return cls(cfg, module, unstack_params(params, donate=True), path)
-
-    @classmethod
-    def _param_shapes(cls, path: str, vision_tower: Optional[str]):
-        """ShapeDtypeStruct pytree of a checkpoint's params, from its config alone."""
-        from duet_jax.checkpoints.load import checkpoint_kind, llava_config, read_json
-        if checkpoint_kind(path) == "converted":
-            cfg = llava_config(read_json(os.path.join(path, "config.json")))
-        else:
-            from duet_jax.checkpoints.load import plan_conversion
-            cfg = plan_conversion(path, vision_tower).config
-        return jax.eval_shape(cls.module_class(cfg).init, jax.random.key(0))
 
     def check_reduction(self, red, media: str = "image") -> None:
         red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers)

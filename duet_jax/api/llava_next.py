@@ -19,7 +19,7 @@ import numpy as np
 
 from duet_jax.api.llava import Llava, _logits
 from duet_jax.models import anyres
-from duet_jax.models.llava_next import LlavaNextModel, NextImages
+from duet_jax.models.llava_next import PARAM_AXES, LlavaNextModel, NextImages
 
 
 def as_images(pixel_values, image_sizes=None) -> NextImages:
@@ -39,6 +39,7 @@ def as_images(pixel_values, image_sizes=None) -> NextImages:
 class LlavaNext(Llava):
     """LLaVA-NeXT handle; `pixel_values` may be `NextImages` or come with `image_sizes=`."""
     module_class = LlavaNextModel
+    param_axes = PARAM_AXES
 
     def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None,
                image_sizes=None):

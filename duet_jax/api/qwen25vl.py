@@ -26,8 +26,8 @@ import numpy as np
 
 from duet_jax.api.base import Handle, check_directory
 from duet_jax.dtypes import parse_dtype
-from duet_jax.models.qwen25vl import Qwen25VLConfig, Qwen25VLModel, rope_index
-from duet_jax.sharding import place_on_mesh
+from duet_jax.models.qwen25vl import PARAM_AXES, Qwen25VLConfig, Qwen25VLModel, rope_index
+from duet_jax.sharding import param_shardings
 
 
 def _grids(image_grid_thw) -> tuple:
@@ -51,10 +51,12 @@ class Qwen25VL(Handle):
                              "holds its own vision tower and runs inference only")
         pdt = parse_dtype(dtype)
         cdt = parse_dtype(compute_dtype, "compute_dtype") or pdt
-        cfg, params = load_qwen_params(path)
-        params = jax.tree.map(lambda a: jnp.asarray(a, pdt), params)
-        if mesh is not None:
-            params = place_on_mesh(params, mesh)
+        cfg, params = load_qwen_params(path)      # host (NumPy) arrays
+        if mesh is None:
+            params = jax.tree.map(lambda a: jnp.asarray(a, pdt), params)
+        else:   # each leaf goes from the host straight onto its devices, then is cast there
+            params = jax.tree.map(lambda a, s: jax.device_put(a, s).astype(pdt), params,
+                                  param_shardings(params, mesh, PARAM_AXES))
         return cls(cfg, Qwen25VLModel(cfg, dtype=cdt), params, path)
 
     def check_reduction(self, red, media: str = "image") -> None:

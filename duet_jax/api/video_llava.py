@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.api.base import Handle
-from duet_jax.api.llava import image_logits
+from duet_jax.api.llava import image_logits, load_shardings
 from duet_jax.data.conversation import MEDIA_PLACEHOLDER as PLACEHOLDER, build_video_prompt
 from duet_jax.data.frames import load_frames
 from duet_jax.dtypes import parse_dtype
-from duet_jax.models.video_llava import VideoLlavaConfig, VideoLlavaModel, view_params
-from duet_jax.sharding import place_on_mesh
+from duet_jax.models.video_llava import (PARAM_AXES, VideoLlavaConfig, VideoLlavaModel,
+                                        view_params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +49,8 @@ class VideoLlava(Handle):
             raise ValueError("vision_tower= is for original LLaVA directories; a Video-LLaVA "
                              "checkpoint holds its own towers")
         pdt = parse_dtype(dtype)
-        cfg, params = load_params(path, dtype=pdt)
-        if mesh is not None:
-            params = place_on_mesh(params, mesh)
+        shardings = load_shardings(VideoLlavaModel, PARAM_AXES, path, None, mesh)
+        cfg, params = load_params(path, dtype=pdt, shardings=shardings)
         module = VideoLlavaModel(cfg, dtype=parse_dtype(compute_dtype) or pdt, param_dtype=pdt,
                                  remat=remat)
         return cls(cfg, module, unstack_video_params(params), path)

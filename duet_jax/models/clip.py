@@ -186,3 +186,29 @@ def _layer_norm(x, p, eps):
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
     y = (xf - mean) * jax.lax.rsqrt(var + eps)
     return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+# Logical axes of every CLIP tower param (`duet_jax.sharding`), paths relative to the
+# tower; `layers` leaves carry the leading stacked axis. q/k/v split their output
+# (heads) and out_proj its input: Megatron's column/row pairs, as are fc1/fc2.
+PARAM_AXES = {
+    ("embeddings", "class_embedding"): (None,),
+    ("embeddings", "patch_embedding", "kernel"): (None, None, None, "embed"),
+    ("embeddings", "position_embedding", "embedding"): (None, None),
+    ("pre_layrnorm", "scale"): (None,),
+    ("pre_layrnorm", "bias"): (None,),
+    ("post_layernorm", "scale"): (None,),
+    ("post_layernorm", "bias"): (None,),
+    **{("layers", ln, leaf): ("layers", None)
+       for ln in ("layer_norm1", "layer_norm2") for leaf in ("scale", "bias")},
+    **{("layers", "self_attn", proj, "kernel"): ("layers", "embed", "heads")
+       for proj in ("q_proj", "k_proj", "v_proj")},
+    **{("layers", "self_attn", proj, "bias"): ("layers", "heads")
+       for proj in ("q_proj", "k_proj", "v_proj")},
+    ("layers", "self_attn", "out_proj", "kernel"): ("layers", "heads", "embed"),
+    ("layers", "self_attn", "out_proj", "bias"): ("layers", None),
+    ("layers", "mlp", "fc1", "kernel"): ("layers", "embed", "mlp"),
+    ("layers", "mlp", "fc1", "bias"): ("layers", "mlp"),
+    ("layers", "mlp", "fc2", "kernel"): ("layers", "mlp", "embed"),
+    ("layers", "mlp", "fc2", "bias"): ("layers", None),
+}

@@ -209,3 +209,29 @@ class LlamaModel:
             positions = jnp.broadcast_to(jnp.arange(length), (b, length))
         h, _ = self.run_layers(params, h, positions, valid, 0, self.config.num_hidden_layers)
         return self.head(params, h)
+
+
+# Logical axes of every Llama param (`duet_jax.sharding`), paths relative to the LM;
+# `layers` leaves carry the leading stacked axis. q/k/v, gate/up split their output,
+# o/down their input (Megatron's column/row pairs); biases exist only with
+# attention_bias / mlp_bias (Qwen2: q/k/v biases), lm_head only untied.
+PARAM_AXES = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("norm", "scale"): (None,),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+    ("layers", "input_layernorm", "scale"): ("layers", None),
+    ("layers", "post_attention_layernorm", "scale"): ("layers", None),
+    ("layers", "self_attn", "q_proj", "kernel"): ("layers", "embed", "heads"),
+    ("layers", "self_attn", "q_proj", "bias"): ("layers", "heads"),
+    **{("layers", "self_attn", proj, "kernel"): ("layers", "embed", "kv_heads")
+       for proj in ("k_proj", "v_proj")},
+    **{("layers", "self_attn", proj, "bias"): ("layers", "kv_heads")
+       for proj in ("k_proj", "v_proj")},
+    ("layers", "self_attn", "o_proj", "kernel"): ("layers", "heads", "embed"),
+    ("layers", "self_attn", "o_proj", "bias"): ("layers", None),
+    **{("layers", "mlp", proj, "kernel"): ("layers", "embed", "mlp")
+       for proj in ("gate_proj", "up_proj")},
+    **{("layers", "mlp", proj, "bias"): ("layers", "mlp") for proj in ("gate_proj", "up_proj")},
+    ("layers", "mlp", "down_proj", "kernel"): ("layers", "mlp", "embed"),
+    ("layers", "mlp", "down_proj", "bias"): ("layers", None),
+}

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.models.clip import CLIPVisionTower
+from duet_jax.models.clip import PARAM_AXES as CLIP_PARAM_AXES, CLIPVisionTower
 from duet_jax.models.common import ACTIVATIONS, unstack_layers
 from duet_jax.models.config import LlavaConfig
-from duet_jax.models.llama import LlamaModel
+from duet_jax.models.llama import PARAM_AXES as LLAMA_PARAM_AXES, LlamaModel
 
 IGNORE_INDEX = -100
 
@@ -213,3 +213,20 @@ class LlavaModel:
             self.text, params["text"], seq, feats.tokens.shape[1], stage2, images_in_every_sample,
             train=train, segment_lengths=segment_lengths, return_kv=return_kv)
         return Forward(seq, tuple(segments), tuple(kept), feats)
+
+
+def prefixed(prefix: str, table: dict) -> dict:
+    """A part's `PARAM_AXES` table under its key in an assembly's params."""
+    return {(prefix,) + path: axes for path, axes in table.items()}
+
+
+# Logical axes of every LLaVA-1.5 param (`duet_jax.sharding`): the tower's and the LM's
+# tables, and the projector, a column/row pair (linear_1 splits its output, linear_2 its input).
+PARAM_AXES = {
+    **prefixed("vision", CLIP_PARAM_AXES),
+    **prefixed("text", LLAMA_PARAM_AXES),
+    ("projector", "linear_1", "kernel"): ("embed", "mlp"),
+    ("projector", "linear_1", "bias"): ("mlp",),
+    ("projector", "linear_2", "kernel"): ("mlp", "embed"),
+    ("projector", "linear_2", "bias"): (None,),
+}

@@ -31,7 +31,8 @@ import numpy as np
 
 from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
-from duet_jax.models.llava import IGNORE_INDEX, Forward, ImageFeatures, LlavaModel, Sequence
+from duet_jax.models.llava import (IGNORE_INDEX, PARAM_AXES as LLAVA_PARAM_AXES, Forward,
+                                   ImageFeatures, LlavaModel, Sequence)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -226,3 +227,8 @@ class LlavaNextModel(LlavaModel):
         seq, segments, kept = run_language_model_varlen(
             self.text, params["text"], seq, n_feats, stage2, train=train, return_kv=return_kv)
         return Forward(seq, tuple(segments), tuple(kept), feats)
+
+
+# Logical axes (`duet_jax.sharding`): LLaVA-1.5's table plus the newline row, a [Dt]
+# vector replicated like the norms.
+PARAM_AXES = {**LLAVA_PARAM_AXES, ("image_newline",): (None,)}

@@ -79,3 +79,10 @@ class Qwen2Model(LlamaModel):
         if positions.ndim == 2:
             return rope_cos_sin(positions, jnp.asarray(inv), 1.0, self.dtype)
         return mrope_cos_sin(positions, inv, self.mrope_section, self.dtype)
+
+
+# Logical axes (`duet_jax.sharding`): Llama's layout, whose table already covers the
+# q/k/v biases (heads / kv_heads, split with their kernels' outputs).
+from duet_jax.models.llama import PARAM_AXES as _LLAMA_AXES  # noqa: E402
+
+PARAM_AXES = dict(_LLAMA_AXES)

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.models.config import TextConfig, _pick
-from duet_jax.models.qwen2 import Qwen2Model
-from duet_jax.models.qwen_vision import QwenVisionConfig, check_grids, vision_forward
+from duet_jax.models.qwen2 import PARAM_AXES as TEXT_PARAM_AXES, Qwen2Model
+from duet_jax.models.qwen_vision import (PARAM_AXES as VISION_PARAM_AXES, QwenVisionConfig,
+                                        check_grids, vision_forward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,3 +151,9 @@ class Qwen25VLModel:
         h, _ = text.run_layers(params["text"], h, positions, valid, 0,
                                self.config.text.num_hidden_layers)
         return text.head(params["text"], h)
+
+
+# Logical axes (`duet_jax.sharding`): the vision tower's table (patch merger included,
+# see `duet_jax.models.qwen_vision`) and the Qwen2 LM's (q/k/v biases included).
+PARAM_AXES = {**{("vision",) + k: v for k, v in VISION_PARAM_AXES.items()},
+              **{("text",) + k: v for k, v in TEXT_PARAM_AXES.items()}}

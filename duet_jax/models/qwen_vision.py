@@ -323,3 +323,32 @@ def stage1_inputs(cfg: QwenVisionConfig, params, last_input, grids: tuple, query
     scores = group_mean(colsum[None, :, None], unit)[0, :, 0]
     metric = group_mean(jnp.mean(k.astype(jnp.float32), axis=1)[None], unit)[0]
     return scores[lay.reverse_index], metric[lay.reverse_index]
+
+
+# Logical axes of every vision-tower param (`duet_jax.sharding`), paths relative to the
+# tower; `layers` leaves carry the leading stacked axis. proj/down_proj and the merger's
+# mlp_2 split their input, gate/up and mlp_0 their output (Megatron's row/column pairs).
+# The fused qkv output [3D] is laid out (q|k|v, heads, head_dim) (`attention_qkv`
+# reshapes it to [N, 3, H, hd]): a contiguous tensor-parallel split of that axis does not
+# give each device whole heads of q, k and v (with 2 devices the first holds all of q and
+# half of k), so it is replicated on `tensor` explicitly; its input still shards on `fsdp`.
+PARAM_AXES = {
+    ("patch_embed", "kernel"): (None, "embed"),
+    ("layers", "norm1", "scale"): ("layers", None),
+    ("layers", "norm2", "scale"): ("layers", None),
+    ("layers", "attn", "qkv", "kernel"): ("layers", "embed", None),
+    ("layers", "attn", "qkv", "bias"): ("layers", None),
+    ("layers", "attn", "proj", "kernel"): ("layers", "heads", "embed"),
+    ("layers", "attn", "proj", "bias"): ("layers", None),
+    ("layers", "mlp", "gate_proj", "kernel"): ("layers", "embed", "mlp"),
+    ("layers", "mlp", "gate_proj", "bias"): ("layers", "mlp"),
+    ("layers", "mlp", "up_proj", "kernel"): ("layers", "embed", "mlp"),
+    ("layers", "mlp", "up_proj", "bias"): ("layers", "mlp"),
+    ("layers", "mlp", "down_proj", "kernel"): ("layers", "mlp", "embed"),
+    ("layers", "mlp", "down_proj", "bias"): ("layers", None),
+    ("merger", "ln_q", "scale"): (None,),
+    ("merger", "mlp_0", "kernel"): ("embed", "mlp"),     # [4D, 4D]: 4 merged patches in
+    ("merger", "mlp_0", "bias"): ("mlp",),
+    ("merger", "mlp_2", "kernel"): ("mlp", "embed"),     # [4D, D_text]
+    ("merger", "mlp_2", "bias"): (None,),
+}

@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from duet_jax.models.config import LlavaConfig, TextConfig, VisionConfig, _pick
-from duet_jax.models.llava import ImageFeatures, LlavaModel
+from duet_jax.models.clip import PARAM_AXES as CLIP_PARAM_AXES
+from duet_jax.models.llava import (PARAM_AXES as LLAVA_PARAM_AXES, ImageFeatures, LlavaModel,
+                                   prefixed)
 
 MEDIA = ("image", "video")
 
@@ -185,3 +187,8 @@ def unstack_video_params(params: dict) -> dict:
             out[part] = {**params[part], "layers": unstack_layers(params[part]["layers"])}
     return out
 
+
+# Logical axes (`duet_jax.sharding`): LLaVA-1.5's projector and LM, and the CLIP table
+# under each of the two towers.
+PARAM_AXES = {**{k: v for k, v in LLAVA_PARAM_AXES.items() if k[0] != "vision"},
+              **prefixed("image_tower", CLIP_PARAM_AXES), **prefixed("video_tower", CLIP_PARAM_AXES)}

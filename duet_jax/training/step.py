@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from duet_jax.models.llava import LlavaModel
+from duet_jax.models.llava import PARAM_AXES, LlavaModel
 from duet_jax.sharding import param_shardings
 from duet_jax.training.batching import StepLayout, stacked_sharding
 
@@ -111,11 +111,13 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int)
             "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(seed)}
 
 
-def state_shardings(abstract_state: dict, optimizer, mesh: Mesh) -> dict:
-    """NamedShardings of the train state: params by the logical-axis rules, optimizer
-    moments like their params, scalars and the PRNG key replicated."""
+def state_shardings(abstract_state: dict, optimizer, mesh: Mesh,
+                    axes_table: dict = PARAM_AXES) -> dict:
+    """NamedShardings of the train state: params by their model's logical axes
+    (`axes_table`, default LLaVA-1.5's `PARAM_AXES`) and the rules of `duet_jax.sharding`,
+    optimizer moments like their params, scalars and the PRNG key replicated."""
     replicated = NamedSharding(mesh, P())
-    p_sh = param_shardings(abstract_state["params"], mesh)
+    p_sh = param_shardings(abstract_state["params"], mesh, axes_table)
     opt_sh = optax.tree_map_params(
         optimizer, lambda x, sh: x if isinstance(x, optax.MaskedNode) else sh,
         abstract_state["opt_state"], p_sh,
