@@ -91,22 +91,32 @@ def _pyset_insert(table: jax.Array, key: jax.Array) -> jax.Array:
     return table.at[slot].set(key)
 
 
+@jax.jit
 def pyset_order(keys: jax.Array) -> jax.Array:
     """[P] distinct non-negative int32 -> [P]: the order ``list(set(keys))``
     iterates them in (CPython, ``hash(i) == i``). Jittable; P is static."""
     count = keys.shape[0]
-    table, size = jnp.full((PYSET_MINSIZE,), _EMPTY, jnp.int32), PYSET_MINSIZE
-    for n, new_size in enumerate(pyset_table_sizes(count)):
-        table = _pyset_insert(table, keys[n])
-        if new_size != size:                      # static grow: reinsert in slot order
-            old = table
-            table = jnp.full((new_size,), _EMPTY, jnp.int32)
-            for s in range(size):
-                table = lax.cond(old[s] != _EMPTY, _pyset_insert, lambda t, _: t,
-                                 table, old[s])
-            size = new_size
+    keys = keys.astype(jnp.int32)
+    sizes = pyset_table_sizes(count)
+    table, size, start = jnp.full((PYSET_MINSIZE,), _EMPTY, jnp.int32), PYSET_MINSIZE, 0
+    for n in range(count + 1):
+        if n == count or sizes[n] != size:
+            # keys[start .. n] go into a table of this size; insert n triggers the grow
+            stop = min(n + 1, count)
+            table = lax.fori_loop(start, stop, lambda t, tab: _pyset_insert(tab, keys[t]), table)
+            start = stop
+            if n < count:
+                table = _pyset_grow(table, sizes[n])
+                size = sizes[n]
     (slots,) = jnp.nonzero(table != _EMPTY, size=count, fill_value=0)
     return table[slots]
+
+
+def _pyset_grow(old: jax.Array, new_size: int) -> jax.Array:
+    """Rebuild at ``new_size`` slots, reinserting the old entries in slot order."""
+    def body(s, table):
+        return lax.cond(old[s] != _EMPTY, _pyset_insert, lambda t, _: t, table, old[s])
+    return lax.fori_loop(0, old.shape[0], body, jnp.full((new_size,), _EMPTY, jnp.int32))
 
 
 def _unit_rows_eps(x: jax.Array, eps: float = 1e-8) -> jax.Array:

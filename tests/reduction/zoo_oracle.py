@@ -122,9 +122,10 @@ def pyset_emulated(keys):
 
 
 def dart(hidden, keys, *, image_start=35, n_image=576, n_pivot_image=4, n_pivot_text=4,
-         token_topk, valid_length=None):
+         token_topk, valid_length=None, visit=None):
     """One sample: hidden [S, D], keys [H, S, hd]. Pivots are visited in the real
-    ``list(set(...))`` order of this interpreter, as upstream does."""
+    ``list(set(...))`` order of this interpreter, as upstream does (``visit``:
+    another order, a function of the pivot list, to show that the order matters)."""
     hidden = np.asarray(hidden, np.float64)
     keys = np.asarray(keys, np.float64)
     seq = hidden.shape[0]
@@ -137,6 +138,8 @@ def dart(hidden, keys, *, image_start=35, n_image=576, n_pivot_image=4, n_pivot_
     text_pivots = txt_order[:n_pivot_text]
     margin = min(_cut_gap(l1, img_order, n_pivot_image), _cut_gap(l1, txt_order, n_pivot_text))
     pivot_order = list(set(image_pivots + text_pivots))
+    if visit is not None:
+        pivot_order = list(visit(image_pivots + text_pivots))
     pool = [q for q in range(a, b) if q not in image_pivots]
     kept = list(image_pivots)
     picks = []
