@@ -38,8 +38,9 @@ def vispruner_counts(T: int, important_ratio: float) -> tuple:
 
 def vispruner_schedule(n: int, T: int, important_ratio: float) -> list:
     """The static rounds ``[(R, r), ..]`` of the diversity loop: ``r = min(8, R - T_div)``
-    until it is ``<= 0``. Raises ValueError where the official code would crash
-    (an odd list length entering a round)."""
+    until it is ``<= 0``. Raises ValueError where the official code would crash:
+    an odd list length entering a round, or a round dropping more even members
+    than there are (``r > R / 2``, possible only when ``T_div < 8``)."""
     t_imp, t_div = vispruner_counts(T, important_ratio)
     rounds, length = [], n - t_imp
     while t_div > 0:
@@ -50,6 +51,10 @@ def vispruner_schedule(n: int, T: int, important_ratio: float) -> list:
             raise ValueError(f"VisPruner with N={n}, T={T}, important_ratio={important_ratio}: "
                              f"{length} residual tokens is odd and the official even/odd split "
                              "fails; pick T or the ratio so that N - T_imp is even")
+        if r > length // 2:
+            raise ValueError(f"VisPruner with N={n}, T={T}, important_ratio={important_ratio}: "
+                             f"a round would drop {r} of {length // 2} even-position tokens and "
+                             "the official code fails; use a larger T - int(T * important_ratio)")
         rounds.append((length, r))
         length -= r
     return rounds

@@ -177,8 +177,10 @@ def vispruner_sample(x, attn, T, important_ratio):
         if r <= 0:
             break
         assert length % 2 == 0, "the official code crashes on an odd list"
+        assert r <= length // 2, "the official code crashes dropping more than R/2"
         ev, od = res[0::2], res[1::2]
-        s = [max(float(np.dot(units[e], units[o])) for o in od) for e in ev]
+        od_units = np.array([units[o] for o in od])
+        s = [float(np.max(od_units @ units[e])) for e in ev]
         order = top_desc(s, len(ev))
         if r < len(order):
             margin = min(margin, _cut_gap(s, order, r))
