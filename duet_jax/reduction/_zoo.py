@@ -23,6 +23,14 @@ def unit_rows(x: jax.Array) -> jax.Array:
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def unit_gram(x: jax.Array) -> jax.Array:
+    """[B, N, D] -> [B, N, N] dot products of the unit rows (cosines), the rows
+    normalised first as the official codes do. One sample at a time
+    (``lax.map``): XLA:CPU fuses the normalisation into a batched dot and then
+    runs ~3x slower at batch 8 than eight single-sample products."""
+    return lax.map(lambda s: matmul_t(unit_rows(s), unit_rows(s)), x)
+
+
 def check_float(name: str, x: jax.Array) -> None:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating array, got {x.dtype}")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._zoo import HIGHEST, ascending, check_count, check_float, matmul_t, unit_rows
+from ._zoo import HIGHEST, ascending, check_count, check_float, unit_gram, unit_rows
 
 RELEVANCE_EPS = 1e-6
 
@@ -54,8 +54,7 @@ def cdpruner_select(features: jax.Array, image_embeds: jax.Array, text_embeds: j
         raise ValueError(f"image_embeds {image_embeds.shape} / text_embeds {text_embeds.shape} "
                          f"do not match features {features.shape}")
     check_count("T", T, 1, n)
-    fn = unit_rows(features)
-    similarity = matmul_t(fn, fn)                                       # [B, N, N]
+    similarity = unit_gram(features)                                    # [B, N, N]
     relevance = cdpruner_relevance(image_embeds, text_embeds).astype(similarity.dtype)
     kernel = relevance[:, :, None] * similarity * relevance[:, None, :]
 

@@ -37,14 +37,11 @@ def pool_bins(grid: int, side: int) -> list:
     return [((grid * u) // side, -((-grid * (u + 1)) // side)) for u in range(side)]
 
 
-def _pool_matrix(grid: int, side: int) -> np.ndarray:
-    """[side^2, grid^2] 0/1 membership of every patch in every cell (row-major)."""
-    bins = pool_bins(grid, side)
-    m = np.zeros((side * side, grid * grid), np.float64)
-    for u, (r0, r1) in enumerate(bins):
-        for v, (c0, c1) in enumerate(bins):
-            for r in range(r0, r1):
-                m[u * side + v, r * grid + c0:r * grid + c1] = 1.0
+def _bin_matrix(grid: int, side: int) -> np.ndarray:
+    """[side, grid] 0/1 membership of every grid row (or column) in every bin."""
+    m = np.zeros((side, grid), np.float64)
+    for u, (lo, hi) in enumerate(pool_bins(grid, side)):
+        m[u, lo:hi] = 1.0
     return m
 
 
@@ -52,14 +49,19 @@ def _pool_matrix(grid: int, side: int) -> np.ndarray:
 def pool_tokens(features: jax.Array, k: int) -> dict:
     """``{"tokens": [B, side^2, D]}``: 2-D average pooling of the square patch
     grid of ``features`` [B, N, D] to ``side = floor(sqrt(k))`` cells a side
-    (PyTorch ``adaptive_avg_pool2d`` bins), cells row-major."""
+    (PyTorch ``adaptive_avg_pool2d`` bins), cells row-major. Separable: bin
+    sums over rows, then over columns, then one division by the cell size."""
     check_float("features", features)
-    n = features.shape[1]
+    b, n, d = features.shape
     grid = math.isqrt(n)
     if grid * grid != n:
         raise ValueError(f"pool_tokens needs a square patch grid; got {n} patches")
     check_count("k", k, 1, n)
-    m = _pool_matrix(grid, pool_side(k))
-    sums = jnp.einsum("sn,bnd->bsd", jnp.asarray(m, features.dtype), features, precision=HIGHEST)
-    counts = jnp.asarray(m.sum(axis=1), features.dtype)
-    return {"tokens": sums / counts[None, :, None]}
+    side = pool_side(k)
+    m = _bin_matrix(grid, side)
+    bins = jnp.asarray(m, features.dtype)
+    x = features.reshape(b, grid, grid, d)
+    rows = jnp.einsum("ur,brcd->bucd", bins, x, precision=HIGHEST)
+    cells = jnp.einsum("vc,bucd->buvd", bins, rows, precision=HIGHEST)
+    size = np.outer(m.sum(axis=1), m.sum(axis=1)).reshape(-1)
+    return {"tokens": cells.reshape(b, side * side, d) / jnp.asarray(size, features.dtype)[None, :, None]}

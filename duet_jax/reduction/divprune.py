@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._zoo import ascending, check_count, check_float, matmul_t, unit_rows
+from ._zoo import ascending, check_count, check_float, unit_gram
 
 
 def divprune_budget(subset_ratio: float, num_image: int = 576) -> int:
@@ -28,8 +28,7 @@ def divprune_budget(subset_ratio: float, num_image: int = 576) -> int:
 
 def cosine_distance(features: jax.Array) -> jax.Array:
     """[B, N, D] -> [B, N, N] ``1 - cos`` between rows (diagonal ~0, not forced)."""
-    xn = unit_rows(features)
-    return 1.0 - matmul_t(xn, xn)
+    return 1.0 - unit_gram(features)
 
 
 def _second_smallest_per_column(dist: jax.Array) -> jax.Array:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._zoo import ascending, check_count, check_float, matmul_t, unit_rows
+from ._zoo import ascending, check_count, check_float, unit_gram
 
 MAX_DROP_PER_ROUND = 8
 
@@ -91,17 +91,17 @@ def vispruner_select(features: jax.Array, cls_attn: jax.Array, T: int,
 
     res = rank[:, t_imp:]                                               # [B, R0]
     if rounds:
-        res = _diversity_rounds(unit_rows(features), res, rounds)
+        res = _diversity_rounds(unit_gram(features), res, rounds)
     selected = jnp.concatenate([important, res[:, :t_div]], axis=1)
     return {"important": important, "selected_order": selected, "keep": ascending(selected)}
 
 
-def _diversity_rounds(xn: jax.Array, res: jax.Array, rounds: list) -> jax.Array:
+def _diversity_rounds(gram: jax.Array, res: jax.Array, rounds: list) -> jax.Array:
     """Run the static ``rounds`` on the buffer ``res`` [B, R0] (R0 even); the
-    first ``R`` slots are the current list, the rest are stale."""
+    first ``R`` slots are the current list, the rest are stale. ``gram`` [B, N, N]
+    holds the cosines of the unit features."""
     b, r0 = res.shape
     half_cap = r0 // 2
-    gram = matmul_t(xn, xn)                                             # [B, N, N]
     batch = jnp.arange(b)[:, None, None]
     lengths = jnp.asarray(np.array([length for length, _ in rounds], np.int32))
     drops = jnp.asarray(np.array([r for _, r in rounds], np.int32))

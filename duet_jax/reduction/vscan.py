@@ -68,7 +68,9 @@ def merge_into_kept(projected: jax.Array, keep: jax.Array) -> tuple:
     kept_x = jnp.take_along_axis(projected, keep[:, :, None], axis=1)
     drop_x = jnp.take_along_axis(projected, dropped[:, :, None], axis=1)
     unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
-    target = jnp.argmax(matmul_t(unit(drop_x), unit(kept_x)), axis=-1).astype(jnp.int32)
+    # one sample at a time: a batched dot with the normalisation fused in is slow on XLA:CPU
+    cos = lax.map(lambda pair: matmul_t(unit(pair[0]), unit(pair[1])), (drop_x, kept_x))
+    target = jnp.argmax(cos, axis=-1).astype(jnp.int32)
     sums = kept_x.at[batch, target].add(drop_x)
     counts = jnp.zeros((b, k), projected.dtype).at[batch, target].add(1.0)
     return sums / (1.0 + counts)[:, :, None], target

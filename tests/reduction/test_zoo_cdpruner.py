@@ -6,7 +6,7 @@ import pytest
 
 from duet_jax.reduction import cdpruner_select
 from tests.reduction import zoo_oracle as ref
-from tests.reduction.zoo_cases import F32_GAP, MODES, clustered, run_mode, x64
+from tests.reduction.zoo_cases import F32_GAP, MODES, run_mode, x64
 
 
 def _draw(seed, batch=2, n=48, d=32, p=8, m=2, dtype=np.float64):
