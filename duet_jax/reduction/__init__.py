@@ -16,6 +16,15 @@ from .stage2 import (DropResult, apply_drop, apply_rope, default_rope_inv_freq,
                      official_query_mask, reduced_lengths, rms_norm, segment_length,
                      text_image_scores, train_query_mask)
 
+# The method zoo (docs/BASELINES.md §1-§7): DivPrune, DART, VisPruner, CDPruner and
+# VScan stage-1 selections, plus the random and pooling controls.
+from .cdpruner import cdpruner_relevance, cdpruner_select  # noqa: E402
+from .controls import pool_bins, pool_side, pool_tokens, random_select  # noqa: E402
+from .dart import dart_kept_count, dart_select, dart_token_topk, pyset_order  # noqa: E402
+from .divprune import divprune_budget, divprune_select  # noqa: E402
+from .vispruner import vispruner_counts, vispruner_schedule, vispruner_select  # noqa: E402
+from .vscan import vscan_counts, vscan_stage1  # noqa: E402
+
 __all__ = [
     "vision_merge", "vision_merge_size", "MergeResult",
     "text_image_scores", "keep_top_image_tokens", "official_query_mask", "eval_query_mask",
@@ -26,4 +35,9 @@ __all__ = [
     "FASTV_DEFAULT_LAYER",
     "Stage1Config", "Stage2Config", "ReductionConfig", "PRESETS", "PRESET_TARGETS",
     "get_preset", "resolve_reduction", "from_dict", "average_visual_tokens",
+    # method zoo (docs/BASELINES.md §1-§7)
+    "divprune_select", "divprune_budget", "dart_select", "dart_token_topk", "dart_kept_count",
+    "pyset_order", "vispruner_select", "vispruner_counts", "vispruner_schedule",
+    "cdpruner_select", "cdpruner_relevance", "vscan_stage1", "vscan_counts",
+    "random_select", "pool_tokens", "pool_side", "pool_bins",
 ]
