@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from duet_jax.models.common import ACTIVATIONS, init_stacked, rms_norm, run_stack, slice_layers
+from duet_jax.models.common import ACTIVATIONS, init_stacked, run_stack, slice_layers
 from duet_jax.models.config import TextConfig
-from duet_jax.models.rope import apply_rope, inv_freq_for, rope_cos_sin
+from duet_jax.models.rope import inv_freq_for
+from duet_jax.ops import apply_rope, rms_norm, rope_cos_sin
 
 
 class LlamaAttention(nn.Module):

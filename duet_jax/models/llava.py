@@ -17,8 +17,7 @@ from duet_jax.models.clip import CLIPVisionTower
 from duet_jax.models.common import ACTIVATIONS, unstack_layers
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llama import LlamaModel
-
-IGNORE_INDEX = -100
+from duet_jax.ops import IGNORE_INDEX
 
 
 class Sequence(NamedTuple):

@@ -31,7 +31,8 @@ import numpy as np
 
 from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
-from duet_jax.models.llava import IGNORE_INDEX, Forward, ImageFeatures, LlavaModel, Sequence
+from duet_jax.models.llava import Forward, ImageFeatures, LlavaModel, Sequence
+from duet_jax.ops import IGNORE_INDEX
 
 
 @jax.tree_util.register_pytree_node_class

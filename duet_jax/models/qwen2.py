@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.models.llama import LlamaDecoderLayer, LlamaModel
-from duet_jax.models.rope import apply_rope, rope_cos_sin, rope_parameters
+from duet_jax.models.rope import rope_parameters
+from duet_jax.ops import apply_rope, rope_cos_sin
 
 
 def mrope_cos_sin(positions: jax.Array, inv_freq, section: tuple, dtype) -> tuple:

@@ -22,10 +22,10 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from duet_jax.models.common import layer_at, rms_norm
+from duet_jax.models.common import layer_at
 from duet_jax.models.qwen25vl import Qwen25VLModel
 from duet_jax.models.qwen_vision import stage1_inputs, vision_forward
-from duet_jax.models.rope import apply_rope
+from duet_jax.ops import apply_rope, rms_norm
 from duet_jax.reduction.stage1_nocls import vision_merge_in_place
 from duet_jax.reduction.stage2 import drop_gather_index, keep_top_image_tokens
 from duet_jax.reduction.stage2_qk import image_scores_from_qk

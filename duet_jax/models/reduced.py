@@ -17,7 +17,7 @@ from duet_jax.models.common import layer_at
 from duet_jax.models.llama import LlamaModel
 from duet_jax.models.rope import inv_freq_for
 from duet_jax import reduction as red
-from duet_jax.reduction.stage2 import IGNORE_INDEX
+from duet_jax.ops import IGNORE_INDEX
 
 
 class Segment(NamedTuple):

@@ -11,16 +11,15 @@ from .baselines import (FASTV_DEFAULT_LAYER, PDROP_DEFAULT_LAYERS, PDROP_DEFAULT
 from .presets import (PRESET_TARGETS, PRESETS, ReductionConfig, Stage1Config, Stage2Config,
                       average_visual_tokens, from_dict, get_preset, resolve_reduction)
 from .stage1 import MergeResult, vision_merge, vision_merge_size
-from .stage2 import (DropResult, apply_drop, apply_rope, default_rope_inv_freq,
-                     drop_gather_index, eval_query_mask, keep_top_image_tokens,
-                     official_query_mask, reduced_lengths, rms_norm, segment_length,
+from .stage2 import (DropResult, apply_drop, drop_gather_index, eval_query_mask,
+                     keep_top_image_tokens, official_query_mask, reduced_lengths, segment_length,
                      text_image_scores, train_query_mask)
 
 __all__ = [
     "vision_merge", "vision_merge_size", "MergeResult",
     "text_image_scores", "keep_top_image_tokens", "official_query_mask", "eval_query_mask",
     "train_query_mask", "drop_gather_index", "apply_drop", "DropResult", "reduced_lengths",
-    "segment_length", "rms_norm", "apply_rope", "default_rope_inv_freq",
+    "segment_length",
     "stage_counts", "segment_bounds", "average_image_tokens", "fastv_keep_count",
     "fastv_scores", "fastv_keep", "PDROP_DEFAULT_LAYERS", "PDROP_DEFAULT_RATIOS",
     "FASTV_DEFAULT_LAYER",

@@ -15,37 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_INDEX = -100
+from duet_jax.ops import IGNORE_INDEX, apply_rope, default_rope_inv_freq, rms_norm, rope_cos_sin
+
 POSITION_MODES = ("renumber", "keep")
-
-
-# --------------------------------------------------------------------------
-# Llama building blocks (HF conventions).
-
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """Llama RMSNorm: float32 statistics, cast back to ``x.dtype``, times ``scale`` [D]."""
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return scale * normed.astype(x.dtype)
-
-
-def default_rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    """[head_dim/2] float32 ``1 / theta^(2i/hd)`` (un-scaled Llama RoPE)."""
-    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    return (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
-
-
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, attention_scaling: float = 1.0):
-    """Rotate-half RoPE. x [B, L, ..., hd], positions [B, L] -> same shape/dtype as x."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
-    emb = jnp.concatenate([freqs, freqs], axis=-1)                  # [B, L, hd]
-    extra = (1,) * (x.ndim - 3)
-    shape = emb.shape[:2] + extra + emb.shape[2:]
-    cos = (jnp.cos(emb) * attention_scaling).astype(x.dtype).reshape(shape)
-    sin = (jnp.sin(emb) * attention_scaling).astype(x.dtype).reshape(shape)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
 
 
 # --------------------------------------------------------------------------
@@ -110,13 +82,14 @@ def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask, que
         rows = jnp.clip(rows, 0, seq_len - 1)
     num_rows = rows.shape[1]
 
-    x = rms_norm(jax.lax.stop_gradient(hidden), norm_scale, rms_eps)
+    x = rms_norm(jax.lax.stop_gradient(hidden), norm_scale, rms_eps, cast_scale=False)
     x_rows = jnp.take_along_axis(x, rows[..., None], axis=1)
     q = (x_rows @ wq).reshape(batch, num_rows, num_kv_heads, groups, head_dim)
     k = (x @ wk).reshape(batch, seq_len, num_kv_heads, head_dim)
-    q = apply_rope(q, jnp.take_along_axis(positions, rows, axis=1), inv_freq,
-                   rope_attention_scaling).astype(jnp.float32)
-    k = apply_rope(k, positions, inv_freq, rope_attention_scaling).astype(jnp.float32)
+    q = apply_rope(q, *rope_cos_sin(jnp.take_along_axis(positions, rows, axis=1), inv_freq,
+                                    rope_attention_scaling, q.dtype)).astype(jnp.float32)
+    k = apply_rope(k, *rope_cos_sin(positions, inv_freq, rope_attention_scaling,
+                                    k.dtype)).astype(jnp.float32)
     q = q * (1.0 / math.sqrt(head_dim))
     query_mask = jnp.take_along_axis(query_mask.astype(bool), rows, axis=1) & row_ok
 

@@ -15,10 +15,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from duet_jax.models.config import LlavaConfig
+from duet_jax.ops import IGNORE_INDEX
 from duet_jax.sharding import DEFAULT_RULES
 from duet_jax.training.config import ConfigError
-
-IGNORE_INDEX = -100
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
 
 
