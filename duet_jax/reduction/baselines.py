@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 import jax
 
-from .stage2 import eval_query_mask, keep_top_image_tokens, text_image_scores
+from .queries import eval_query_mask
+from .stage2 import keep_top_image_tokens, text_image_scores
 
 PDROP_DEFAULT_LAYERS = (8, 16, 24)
 PDROP_DEFAULT_RATIOS = (0.5, 0.25, 0.125)
