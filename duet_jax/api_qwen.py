@@ -111,10 +111,10 @@ class Qwen25VL(Handle):
     def generate_ids(self, input_ids, pixel_values, image_grid_thw, attention_mask=None, *,
                      max_new_tokens: int = 128, reduction=None, temperature: float = 0.0,
                      top_p: float = 1.0, seed: int = 0, length_bucket: int = 64):
-        """Token-level generation -> (tokens [B, T], lengths [B]). Prompts are
+        """Token-level generation -> (tokens [B, T], lengths [B], EOS included). Prompts are
         right-padded to a multiple of `length_bucket` (1: no padding)."""
         from duet_jax.data.resolution_buckets import pad_length
-        from duet_jax.generation.qwen_decode import generate_qwen
+        from duet_jax.generation.decode import generate_qwen
         ids = np.asarray(input_ids)
         mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask, bool)
         extra = pad_length(ids.shape[1], length_bucket) - ids.shape[1]
