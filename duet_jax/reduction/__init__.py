@@ -5,9 +5,8 @@ Stage 1 (:func:`vision_merge`) merges vision tokens inside the tower; Stage 2
 ranks and drops image tokens inside the LM. Configs and named presets live
 in :mod:`duet_jax.reduction.presets`. Nothing here imports the models.
 """
-from .baselines import (FASTV_DEFAULT_LAYER, PDROP_DEFAULT_LAYERS, PDROP_DEFAULT_RATIOS,
-                        average_image_tokens, fastv_keep, fastv_keep_count, fastv_scores,
-                        segment_bounds, stage_counts)
+from .baselines import (PDROP_DEFAULT_LAYERS, PDROP_DEFAULT_RATIOS, average_image_tokens,
+                        fastv_keep_count, fastv_scores, segment_bounds, stage_counts)
 from .presets import (PRESET_TARGETS, PRESETS, ReductionConfig, Stage1Config, Stage2Config,
                       average_visual_tokens, from_dict, get_preset, resolve_reduction)
 from .queries import (eval_query_mask, official_query_mask, stage2_query_mask, train_query_mask,
@@ -23,8 +22,7 @@ __all__ = [
     "official_query_mask", "eval_query_mask", "train_query_mask", "train_query_mask_host",
     "stage2_query_mask", "drop_gather_index", "apply_drop", "DropResult", "reduced_lengths",
     "segment_length", "stage_counts", "segment_bounds", "average_image_tokens",
-    "fastv_keep_count", "fastv_scores", "fastv_keep", "PDROP_DEFAULT_LAYERS",
-    "PDROP_DEFAULT_RATIOS", "FASTV_DEFAULT_LAYER",
+    "fastv_keep_count", "fastv_scores", "PDROP_DEFAULT_LAYERS", "PDROP_DEFAULT_RATIOS",
     "Stage1Config", "Stage2Config", "ReductionConfig", "PRESETS", "PRESET_TARGETS",
     "get_preset", "resolve_reduction", "from_dict", "average_visual_tokens",
 ]
