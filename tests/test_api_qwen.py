@@ -74,7 +74,7 @@ TINY_DUET = {"name": "t", "stage1": {"dominant": 6, "contextual": 2, "cls_token"
 
 
 def test_bucketed_images_and_padded_prompts_share_one_program(saved):
-    from duet_jax.generation.qwen_decode import generate_qwen
+    from duet_jax.generation.decode import generate_qwen
     _, path = saved
     model = duet_jax.load_qwen25vl(path)
     sizes = ((90, 130), (84, 170), (80, 150))

@@ -149,7 +149,7 @@ class Qwen25VL(Handle):
     def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         """Token-level generation on an encoded batch -> Generated (tokens [B, T], lengths [B])."""
-        from duet_jax.generation.qwen_decode import generate_qwen
+        from duet_jax.generation.decode import generate_qwen
         ids = np.asarray(batch["input_ids"])
         mask = np.asarray(batch.get("attention_mask", np.ones(ids.shape, bool)), bool)
         grid = batch["image_grid_thw"]

@@ -1,4 +1,4 @@
-"""Pre-processing and the training data pipeline (no JAX, no torch).
+"""Pre-processing and the training data pipeline (no torch; no JAX arrays).
 
 * `conversation`: LLaVA-1.5 templates (`vicuna_v1`, `plain`) and prompt strings.
 * `tokenize`: `tokenizer_image_token`, llava-hf image-block expansion, LLaVA's

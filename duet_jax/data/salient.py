@@ -9,7 +9,7 @@ The caller adds the last prompt token. No downloads, no spaCy.
 from __future__ import annotations
 
 import re
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 
@@ -65,9 +65,3 @@ def salient_token_mask(chunk: str, question: str, tokenizer, offset: int, length
             mask[offset + j] = True
     return mask
 
-
-def batch_salient_masks(chunks: Sequence[str], questions: Sequence[str], tokenizer,
-                        offsets: Sequence[int], length: int) -> np.ndarray:
-    """[B, length] bool salient masks for a right-padded batch of prompts."""
-    return np.stack([salient_token_mask(c, q, tokenizer, o, length)
-                     for c, q, o in zip(chunks, questions, offsets)])

@@ -1,4 +1,5 @@
-"""Pieces shared by the CLIP and Llama modules."""
+"""Pieces shared by the CLIP and Llama modules (the array ops shared with
+`duet_jax.reduction` live in `duet_jax.ops`)."""
 from __future__ import annotations
 
 import jax
@@ -79,9 +80,3 @@ def run_stack(body, carry, layers, xs=()):
         outs.append(out)
     return carry, jax.tree.map(lambda *o: jnp.stack(o), *outs) if outs else None
 
-
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """HF LlamaRMSNorm: float32 statistics, cast back, then times the weight."""
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps)
-    return scale.astype(x.dtype) * y.astype(x.dtype)

@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from duet_jax.models.common import ACTIVATIONS, init_stacked, rms_norm, run_stack, slice_layers
+from duet_jax.models.common import ACTIVATIONS, init_stacked, run_stack, slice_layers
 from duet_jax.models.config import TextConfig
-from duet_jax.models.rope import apply_rope, inv_freq_for, rope_cos_sin
+from duet_jax.models.rope import inv_freq_for
+from duet_jax.ops import apply_rope, rms_norm, rope_cos_sin
+from duet_jax.reduction.stage2 import text_image_scores
 
 
 class LlamaAttention(nn.Module):
@@ -189,6 +191,25 @@ class LlamaModel:
         layers = slice_layers(params["layers"], lo, hi) if layers is None else layers
         h, (k_all, v_all) = run_stack(body, h, layers, caches)
         return h, (k_all, v_all)
+
+    def stage2_scores(self, layer_params: dict, hidden, positions, valid, query_mask, image_start,
+                      *, num_image: int, query_rows: Optional[int] = None) -> jax.Array:
+        """Stage-2 scoring hook (ALGORITHM.md §3.2): `text_image_scores` with the
+        norm/q/k weights of `layer_params` on hidden [B, L, D] at positions [B, L]
+        -> [B, num_image] float32. valid, query_mask [B, L]; image_start [B]."""
+        cfg = self.config
+        if cfg.attention_bias:
+            raise ValueError("Stage 2 scoring assumes Llama q/k projections without bias; "
+                             "this checkpoint has attention_bias=True")
+        inv_freq, scaling = inv_freq_for(cfg, positions)
+        attn = layer_params["self_attn"]
+        return text_image_scores(
+            hidden, layer_params["input_layernorm"]["scale"].astype(self.dtype),
+            attn["q_proj"]["kernel"].astype(self.dtype), attn["k_proj"]["kernel"].astype(self.dtype),
+            positions, valid, query_mask, image_start, num_image=num_image,
+            num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
+            rms_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, rope_inv_freq=inv_freq,
+            rope_attention_scaling=scaling, query_rows=query_rows)
 
     def head(self, params: dict, h: jax.Array) -> jax.Array:
         """Final norm + LM head: [B, L, D] -> [B, L, V] float32."""

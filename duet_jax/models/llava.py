@@ -2,7 +2,7 @@
 
 With a `ReductionConfig`, Stage 1 (vision-to-vision merge) runs inside the
 CLIP selection layer and Stage 2 (text-to-vision drop) runs between static
-segments of the Llama stack; see `duet_jax.models.reduced`.
+segments of the Llama stack; see `duet_jax.models.segments`.
 """
 from __future__ import annotations
 
@@ -17,20 +17,8 @@ from duet_jax.models.clip import PARAM_AXES as CLIP_PARAM_AXES, CLIPVisionTower
 from duet_jax.models.common import ACTIVATIONS, unstack_layers
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llama import PARAM_AXES as LLAMA_PARAM_AXES, LlamaModel
-
-IGNORE_INDEX = -100
-
-
-class Sequence(NamedTuple):
-    """A batch of LM inputs; every field is right-padded to one static length L."""
-    hidden: jax.Array       # [B, L, D]
-    valid: jax.Array        # [B, L] bool
-    positions: jax.Array    # [B, L] int32 RoPE ids
-    labels: jax.Array       # [B, L] int32, IGNORE_INDEX where not supervised
-    image_start: jax.Array  # [B] int32 index of the first image token (0 if none)
-    has_image: jax.Array    # [B] bool
-    prompt: jax.Array       # [B, L] bool rows of the prompt (Stage-2 query candidates at inference)
-    salient: jax.Array      # [B, L] bool salient question tokens (the `salient` query set)
+from duet_jax.models.segments import Sequence, run_language_model
+from duet_jax.ops import IGNORE_INDEX
 
 
 class ImageFeatures(NamedTuple):
@@ -41,7 +29,7 @@ class ImageFeatures(NamedTuple):
 
 class Forward(NamedTuple):
     sequence: Sequence        # final (shortest) sequence, hidden before the final norm
-    segments: tuple           # duet_jax.models.reduced.Segment per layer segment
+    segments: tuple           # duet_jax.models.segments.Segment per layer segment
     kept: tuple               # [B, n_s] kept image indices per Stage-2 boundary
     features: ImageFeatures
 
@@ -203,15 +191,15 @@ class LlavaModel:
                 prompt_lengths=None, salient_mask=None, segment_lengths=None,
                 return_kv: bool = False, splice_length: Optional[int] = None) -> "Forward":
         """Everything up to the final norm: final sequence, per-segment state, selections."""
-        from duet_jax.models.reduced import run_language_model
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
         feats = self.image_features(params, pixel_values, stage1)
         seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels,
                           images_in_every_sample, prompt_lengths, salient_mask, splice_length)
         seq, segments, kept = run_language_model(
-            self.text, params["text"], seq, feats.tokens.shape[1], stage2, images_in_every_sample,
-            train=train, segment_lengths=segment_lengths, return_kv=return_kv)
+            self.text, params["text"], seq, feats.tokens.shape[1], stage2,
+            images_in_every_sample=images_in_every_sample, train=train,
+            segment_lengths=segment_lengths, return_kv=return_kv)
         return Forward(seq, tuple(segments), tuple(kept), feats)
 
 

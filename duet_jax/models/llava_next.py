@@ -10,7 +10,7 @@ Reduced path (docs/ALGORITHM.md §2.6, §6 D13): Stage 1 per crop (`vision_merge
 block = base crop's K rows; tiles' dominant patches in global canvas raster
 order; the G tile CLS rows; the G x C contextual rows tile-major; no unpad or
 newline rows; `(1 + G) K` tokens. Stage 2 runs on that whole block with
-per-sample counts (`duet_jax.models.reduced_varlen`).
+per-sample counts (`duet_jax.models.segments`).
 
 Static-shape strategy: images travel as `NextImages`, a pytree whose only
 array is `pixels [B, P, 3, S, S]` (the processor's output, P = batch-max
@@ -31,8 +31,9 @@ import numpy as np
 
 from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
-from duet_jax.models.llava import (IGNORE_INDEX, PARAM_AXES as LLAVA_PARAM_AXES, Forward,
-                                   ImageFeatures, LlavaModel, Sequence)
+from duet_jax.models.llava import PARAM_AXES as LLAVA_PARAM_AXES, Forward, ImageFeatures, LlavaModel
+from duet_jax.models.segments import Sequence, run_language_model
+from duet_jax.ops import IGNORE_INDEX
 
 
 @jax.tree_util.register_pytree_node_class
@@ -213,7 +214,6 @@ class LlavaNextModel(LlavaModel):
                 prompt_lengths=None, salient_mask=None, segment_lengths=None,
                 return_kv: bool = False, splice_length: Optional[int] = None) -> Forward:
         """As `LlavaModel.forward`; pixel_values is `NextImages` and every sample has an image."""
-        from duet_jax.models.reduced_varlen import run_language_model_varlen
         if not images_in_every_sample or segment_lengths is not None:
             raise ValueError("LLaVA-NeXT batches need an image in every sample and host-default "
                              "segment lengths")
@@ -224,7 +224,7 @@ class LlavaNextModel(LlavaModel):
         n_feats = self.token_counts(pixel_values, reduction)
         seq = self.splice_varlen(params, input_ids, feats.tokens, n_ids, n_feats, attention_mask,
                                  labels, prompt_lengths, salient_mask, splice_length)
-        seq, segments, kept = run_language_model_varlen(
+        seq, segments, kept = run_language_model(
             self.text, params["text"], seq, n_feats, stage2, train=train, return_kv=return_kv)
         return Forward(seq, tuple(segments), tuple(kept), feats)
 

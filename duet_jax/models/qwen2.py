@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.models.llama import LlamaDecoderLayer, LlamaModel
-from duet_jax.models.rope import apply_rope, rope_cos_sin, rope_parameters
+from duet_jax.models.llama import PARAM_AXES as _LLAMA_AXES, LlamaDecoderLayer, LlamaModel
+from duet_jax.models.rope import rope_parameters
+from duet_jax.ops import apply_rope, rms_norm, rope_cos_sin
+from duet_jax.reduction.stage2 import query_window, scores_from_qk, take_rows
 
 
 def mrope_cos_sin(positions: jax.Array, inv_freq, section: tuple, dtype) -> tuple:
@@ -80,9 +82,25 @@ class Qwen2Model(LlamaModel):
             return rope_cos_sin(positions, jnp.asarray(inv), 1.0, self.dtype)
         return mrope_cos_sin(positions, inv, self.mrope_section, self.dtype)
 
+    def stage2_scores(self, layer_params: dict, hidden, positions, valid, query_mask, image_start,
+                      *, num_image: int, query_rows=None) -> jax.Array:
+        """Stage-2 scoring hook (ALGORITHM.md §3.2, §3.10): the next layer's biased q/k
+        with M-RoPE on hidden [B, L, D] at positions [3, B, L] -> [B, num_image] float32
+        (GQA, causal + padding mask, float32 softmax: `scores_from_qk`)."""
+        cfg = self.config
+        b, length = hidden.shape[:2]
+        rows, row_ok = query_window(image_start, num_image, b, length, query_rows)
+        attn = layer_params["self_attn"]
+        x = rms_norm(jax.lax.stop_gradient(hidden), layer_params["input_layernorm"]["scale"],
+                     cfg.rms_norm_eps)
+        proj = lambda x, p: x @ p["kernel"].astype(x.dtype) + p["bias"].astype(x.dtype)
+        cos, sin = self.rope(positions)
+        q = proj(take_rows(x, rows), attn["q_proj"]).reshape(b, rows.shape[1], -1, cfg.head_dim)
+        k = proj(x, attn["k_proj"]).reshape(b, length, -1, cfg.head_dim)
+        return scores_from_qk(apply_rope(q, take_rows(cos, rows), take_rows(sin, rows)),
+                              apply_rope(k, cos, sin), rows, row_ok, valid, query_mask,
+                              image_start, num_image=num_image)
 
 # Logical axes (`duet_jax.sharding`): Llama's layout, whose table already covers the
 # q/k/v biases (heads / kv_heads, split with their kernels' outputs).
-from duet_jax.models.llama import PARAM_AXES as _LLAMA_AXES  # noqa: E402
-
 PARAM_AXES = dict(_LLAMA_AXES)

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.models.common import ACTIVATIONS, layer_at, rms_norm, run_stack, slice_layers
+from duet_jax.models.common import ACTIVATIONS, layer_at, run_stack, slice_layers
 from duet_jax.models.config import _pick
+from duet_jax.ops import apply_rope, rms_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,20 +169,13 @@ def rope_cos_sin(cfg: QwenVisionConfig, hw_positions: np.ndarray):
     return jnp.cos(jnp.asarray(emb)), jnp.sin(jnp.asarray(emb))
 
 
-def apply_rope(x, cos, sin):
-    """x [N, H, hd]; float32 rotation as HF's `apply_rotary_pos_emb_vision`, cast back."""
-    xf = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rot = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    return (xf * cos[:, None] + rot * sin[:, None]).astype(x.dtype)
-
-
 def attention_qkv(cfg: QwenVisionConfig, p, x, cos, sin):
     """Block input x [N, D] -> RoPE'd q, k and v, each [N, H, hd]."""
     n = x.shape[0]
     qkv = _linear(p["attn"]["qkv"], rms_norm(x, p["norm1"]["scale"], 1e-6))
     q, k, v = jnp.moveaxis(qkv.reshape(n, 3, cfg.num_heads, cfg.head_dim), 1, 0)
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    # float32 rotation, cast back: HF's `apply_rotary_pos_emb_vision`
+    return apply_rope(q, cos, sin, float32=True), apply_rope(k, cos, sin, float32=True), v
 
 
 def attention_probs(q, k, allowed):

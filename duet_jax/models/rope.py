@@ -1,9 +1,10 @@
-"""Rotary position embeddings with the `rope_scaling` types of HF Llama configs.
+"""RoPE inverse frequencies for the `rope_scaling` types of HF Llama configs.
 
 Inverse frequencies are computed on the host in float32 NumPy, mirroring
 `transformers.modeling_rope_utils`; `dynamic` NTK scaling depends on the
 sequence length, so its frequencies are computed in-graph from the largest
-position (HF's stateless behaviour on a fresh forward).
+position (HF's stateless behaviour on a fresh forward). The cos/sin tables and the
+rotation are `duet_jax.ops.rope_cos_sin` / `apply_rope`.
 """
 from __future__ import annotations
 
@@ -14,12 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.models.config import TextConfig
+from duet_jax.ops import default_rope_inv_freq
 
 SUPPORTED = ("default", "linear", "dynamic", "yarn", "llama3")
-
-
-def _base_inv_freq(base: float, dim: int) -> np.ndarray:
-    return (1.0 / (base ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))).astype(np.float32)
 
 
 def rope_parameters(cfg: TextConfig) -> tuple[np.ndarray, float]:
@@ -29,7 +27,7 @@ def rope_parameters(cfg: TextConfig) -> tuple[np.ndarray, float]:
     dim, base = cfg.head_dim, cfg.rope_theta
     if kind not in SUPPORTED:
         raise ValueError(f"rope_scaling type {kind!r} is not supported; use one of {SUPPORTED}")
-    inv = _base_inv_freq(base, dim)
+    inv = default_rope_inv_freq(dim, base)
     if kind in ("default", "dynamic"):
         return inv, 1.0
     if kind == "linear":
@@ -87,16 +85,3 @@ def inv_freq_for(cfg: TextConfig, positions: jax.Array) -> tuple[jax.Array, floa
     exps = jnp.arange(0, dim, 2, dtype=jnp.float32) / dim
     return (1.0 / base ** exps).astype(jnp.float32), scaling
 
-
-def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array, scaling: float, dtype) -> tuple:
-    """cos, sin `[B, L, hd]` for rotate-half RoPE (HF Llama convention)."""
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return (jnp.cos(emb) * scaling).astype(dtype), (jnp.sin(emb) * scaling).astype(dtype)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x `[B, L, heads, hd]`, cos/sin `[B, L, hd]`."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]

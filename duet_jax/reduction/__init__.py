@@ -5,16 +5,16 @@ Stage 1 (:func:`vision_merge`) merges vision tokens inside the tower; Stage 2
 ranks and drops image tokens inside the LM. Configs and named presets live
 in :mod:`duet_jax.reduction.presets`. Nothing here imports the models.
 """
-from .baselines import (FASTV_DEFAULT_LAYER, PDROP_DEFAULT_LAYERS, PDROP_DEFAULT_RATIOS,
-                        average_image_tokens, fastv_keep, fastv_keep_count, fastv_scores,
-                        segment_bounds, stage_counts)
+from .baselines import (PDROP_DEFAULT_LAYERS, PDROP_DEFAULT_RATIOS, average_image_tokens,
+                        fastv_keep_count, fastv_scores, segment_bounds, stage_counts)
 from .presets import (PRESET_TARGETS, PRESETS, ReductionConfig, Stage1Config, Stage2Config,
                       average_visual_tokens, from_dict, get_preset, resolve_reduction)
+from .queries import (eval_query_mask, official_query_mask, stage2_query_mask, train_query_mask,
+                      train_query_mask_host)
 from .stage1 import MergeResult, vision_merge, vision_merge_size
-from .stage2 import (DropResult, apply_drop, apply_rope, default_rope_inv_freq,
-                     drop_gather_index, eval_query_mask, keep_top_image_tokens,
-                     official_query_mask, reduced_lengths, rms_norm, segment_length,
-                     text_image_scores, train_query_mask)
+from .stage2 import (DropResult, apply_drop, drop_gather_index, keep_top_image_tokens,
+                     keep_top_per_sample, reduced_lengths, scores_from_qk, segment_length,
+                     text_image_scores)
 
 # The method zoo (docs/BASELINES.md §1-§7): DivPrune, DART, VisPruner, CDPruner and
 # VScan stage-1 selections, plus the random and pooling controls.
@@ -27,12 +27,11 @@ from .vscan import vscan_counts, vscan_stage1  # noqa: E402
 
 __all__ = [
     "vision_merge", "vision_merge_size", "MergeResult",
-    "text_image_scores", "keep_top_image_tokens", "official_query_mask", "eval_query_mask",
-    "train_query_mask", "drop_gather_index", "apply_drop", "DropResult", "reduced_lengths",
-    "segment_length", "rms_norm", "apply_rope", "default_rope_inv_freq",
-    "stage_counts", "segment_bounds", "average_image_tokens", "fastv_keep_count",
-    "fastv_scores", "fastv_keep", "PDROP_DEFAULT_LAYERS", "PDROP_DEFAULT_RATIOS",
-    "FASTV_DEFAULT_LAYER",
+    "text_image_scores", "scores_from_qk", "keep_top_image_tokens", "keep_top_per_sample",
+    "official_query_mask", "eval_query_mask", "train_query_mask", "train_query_mask_host",
+    "stage2_query_mask", "drop_gather_index", "apply_drop", "DropResult", "reduced_lengths",
+    "segment_length", "stage_counts", "segment_bounds", "average_image_tokens",
+    "fastv_keep_count", "fastv_scores", "PDROP_DEFAULT_LAYERS", "PDROP_DEFAULT_RATIOS",
     "Stage1Config", "Stage2Config", "ReductionConfig", "PRESETS", "PRESET_TARGETS",
     "get_preset", "resolve_reduction", "from_dict", "average_visual_tokens",
     # method zoo (docs/BASELINES.md §1-§7)

@@ -9,15 +9,15 @@ Stage 1 (see ``presets``). FastV ranks with the *actual* attention of layer
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 
-from .stage2 import eval_query_mask, keep_top_image_tokens, text_image_scores
+from .queries import eval_query_mask
+from .stage2 import text_image_scores
 
 PDROP_DEFAULT_LAYERS = (8, 16, 24)
 PDROP_DEFAULT_RATIOS = (0.5, 0.25, 0.125)
-FASTV_DEFAULT_LAYER = 2
 
 
 def stage_counts(n0: int, ratios: Sequence[float]) -> list:
@@ -68,16 +68,3 @@ def fastv_scores(layer_input, norm_scale, wq, wk, positions, attention_mask, ima
         rope_theta=rope_theta, rope_inv_freq=rope_inv_freq,
         rope_attention_scaling=rope_attention_scaling, query_block=query_block)
 
-
-def fastv_keep(layer_input, norm_scale, wq, wk, positions, attention_mask, image_start, *,
-               num_image: int, keep: int, num_heads: int, num_kv_heads: int, rms_eps: float,
-               rope_theta: float, rope_inv_freq: Optional[jax.Array] = None,
-               rope_attention_scaling: float = 1.0) -> jax.Array:
-    """[B, keep] int32 image indices FastV keeps (ascending); drop them with
-    ``positions_mode='keep'`` before layer ``K_f``."""
-    scores = fastv_scores(layer_input, norm_scale, wq, wk, positions, attention_mask,
-                          image_start, num_image=num_image, num_heads=num_heads,
-                          num_kv_heads=num_kv_heads, rms_eps=rms_eps, rope_theta=rope_theta,
-                          rope_inv_freq=rope_inv_freq,
-                          rope_attention_scaling=rope_attention_scaling)
-    return keep_top_image_tokens(scores, keep)

@@ -2,9 +2,13 @@
 
 Scoring (docs/ALGORITHM.md §3.2) re-computes the next layer's queries and keys from the
 detached hidden states and averages the softmax attention of the query rows
-onto the image columns. The drop (docs/ALGORITHM.md §3.4, §3.6) is a static-size gather map.
-Every count (``num_image``, ``k``, ``n_prev``, ``out_len``) is a Python int;
-per-sample quantities (image start, length, query rows) are arrays.
+onto the image columns: `text_image_scores` is the Llama rule (no q/k bias,
+1-D RoPE); every family ends in `scores_from_qk`, so a family whose layer
+differs (Qwen2.5-VL: biases, M-RoPE) only projects its own q/k. The query
+sets are `duet_jax.reduction.queries`. The drop (§3.4, §3.6) is a static-size
+gather map. Every count (``num_image``, ``k``, ``out_len``) is a Python int;
+per-sample quantities (image start, length, query rows; LLaVA-NeXT's
+per-sample ``n_prev``/``n_new`` as host ints) are arrays.
 """
 from __future__ import annotations
 
@@ -15,37 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_INDEX = -100
+from duet_jax.ops import IGNORE_INDEX, apply_rope, default_rope_inv_freq, rms_norm, rope_cos_sin
+
 POSITION_MODES = ("renumber", "keep")
-
-
-# --------------------------------------------------------------------------
-# Llama building blocks (HF conventions).
-
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """Llama RMSNorm: float32 statistics, cast back to ``x.dtype``, times ``scale`` [D]."""
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return scale * normed.astype(x.dtype)
-
-
-def default_rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    """[head_dim/2] float32 ``1 / theta^(2i/hd)`` (un-scaled Llama RoPE)."""
-    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    return (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
-
-
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, attention_scaling: float = 1.0):
-    """Rotate-half RoPE. x [B, L, ..., hd], positions [B, L] -> same shape/dtype as x."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
-    emb = jnp.concatenate([freqs, freqs], axis=-1)                  # [B, L, hd]
-    extra = (1,) * (x.ndim - 3)
-    shape = emb.shape[:2] + extra + emb.shape[2:]
-    cos = (jnp.cos(emb) * attention_scaling).astype(x.dtype).reshape(shape)
-    sin = (jnp.sin(emb) * attention_scaling).astype(x.dtype).reshape(shape)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
 
 
 # --------------------------------------------------------------------------
@@ -96,29 +72,61 @@ def text_image_scores(hidden, norm_scale, wq, wk, positions, attention_mask, que
     if wk.shape[-1] // num_kv_heads != head_dim:
         raise ValueError(f"wq and wk head dims differ ({head_dim} vs "
                          f"{wk.shape[-1] // num_kv_heads})")
-    groups = num_heads // num_kv_heads
     inv_freq = (default_rope_inv_freq(head_dim, rope_theta) if rope_inv_freq is None
                 else rope_inv_freq)
+    rows, row_ok = query_window(image_start, num_image, batch, seq_len, query_rows)
+    x = rms_norm(jax.lax.stop_gradient(hidden), norm_scale, rms_eps, cast_scale=False)
+    q = (take_rows(x, rows) @ wq).reshape(batch, rows.shape[1], num_heads, head_dim)
+    k = (x @ wk).reshape(batch, seq_len, num_kv_heads, head_dim)
+    cos_q, sin_q = rope_cos_sin(take_rows(positions, rows), inv_freq, rope_attention_scaling,
+                                q.dtype)
+    cos_k, sin_k = rope_cos_sin(positions, inv_freq, rope_attention_scaling, k.dtype)
+    return scores_from_qk(apply_rope(q, cos_q, sin_q), apply_rope(k, cos_k, sin_k), rows, row_ok,
+                          attention_mask, query_mask, image_start, num_image=num_image,
+                          query_block=query_block)
 
+
+def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+    """x [B, L, ...] -> x [B, R, ...] at rows [B, R] (any trailing axes)."""
+    return jnp.take_along_axis(x, rows.reshape(rows.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def query_window(image_start, num_image: int, batch: int, seq_len: int,
+                 query_rows: Optional[int]):
+    """The rows a Stage-2 score reads: (rows [B, R] int32 clipped into [0, L), row_ok [B, R]).
+
+    query_rows=None: every row (R = L). Otherwise the static window
+    ``image_start + num_image - 1 + [0, query_rows)`` (R = query_rows), which
+    holds every query set of §3.3; rows past the sequence are not ok.
+    """
     if query_rows is None:
         rows = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
-        row_ok = jnp.ones((batch, seq_len), bool)
-    else:
-        first = image_start.astype(jnp.int32)[:, None] + (num_image - 1)
-        rows = first + jnp.arange(query_rows, dtype=jnp.int32)
-        row_ok = (rows >= 0) & (rows < seq_len)
-        rows = jnp.clip(rows, 0, seq_len - 1)
-    num_rows = rows.shape[1]
+        return rows, jnp.ones((batch, seq_len), bool)
+    first = image_start.astype(jnp.int32)[:, None] + (num_image - 1)
+    rows = first + jnp.arange(query_rows, dtype=jnp.int32)
+    return jnp.clip(rows, 0, seq_len - 1), (rows >= 0) & (rows < seq_len)
 
-    x = rms_norm(jax.lax.stop_gradient(hidden), norm_scale, rms_eps)
-    x_rows = jnp.take_along_axis(x, rows[..., None], axis=1)
-    q = (x_rows @ wq).reshape(batch, num_rows, num_kv_heads, groups, head_dim)
-    k = (x @ wk).reshape(batch, seq_len, num_kv_heads, head_dim)
-    q = apply_rope(q, jnp.take_along_axis(positions, rows, axis=1), inv_freq,
-                   rope_attention_scaling).astype(jnp.float32)
-    k = apply_rope(k, positions, inv_freq, rope_attention_scaling).astype(jnp.float32)
+
+def scores_from_qk(q, k, rows, row_ok, attention_mask, query_mask, image_start, *,
+                   num_image: int, query_block: int = 128) -> jax.Array:
+    """The scoring core of every family: mean attention of the query rows onto the image.
+
+    q [B, R, H, hd] queries of rows [B, R] (`query_window`; row_ok [B, R]) and
+    k [B, L, KV, hd] keys of all rows, both with RoPE applied, unscaled; query
+    head h uses key head h // (H/KV). attention_mask, query_mask [B, L];
+    image_start [B] (< 0: no image). Causal + padding masked softmax in float32
+    over all keys, `query_block` query rows at a time (memory O(B H bq L)),
+    mean over heads and over the query rows that are in the window, ok and in
+    query_mask. Returns [B, num_image] float32 at columns ``image_start + i``
+    (0 outside [0, L), without an image, or without query rows).
+    """
+    batch, num_rows, num_heads, head_dim = q.shape
+    seq_len, num_kv_heads = k.shape[1], k.shape[2]
+    groups = num_heads // num_kv_heads
+    q = q.reshape(batch, num_rows, num_kv_heads, groups, head_dim).astype(jnp.float32)
     q = q * (1.0 / math.sqrt(head_dim))
-    query_mask = jnp.take_along_axis(query_mask.astype(bool), rows, axis=1) & row_ok
+    k = k.astype(jnp.float32)
+    query_mask = take_rows(query_mask.astype(bool), rows) & row_ok
 
     key_valid = attention_mask.astype(bool)                          # [B, L]
     image_cols = image_start.astype(jnp.int32)[:, None] + jnp.arange(num_image, dtype=jnp.int32)
@@ -165,77 +173,21 @@ def keep_top_image_tokens(scores: jax.Array, k: int) -> jax.Array:
     return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
 
 
-# --------------------------------------------------------------------------
-# Query sets (docs/ALGORITHM.md §3.3). Rows "after the image" are q >= image_start + num_image.
-
-def _after_image(shape, image_start, num_image):
-    rows = jnp.arange(shape[-1], dtype=jnp.int32)[None, :]
-    start = image_start.astype(jnp.int32)[:, None]
-    return (start >= 0) & (rows >= start + num_image)
-
-
-def _last_valid_row(attention_mask):
-    valid = attention_mask.astype(bool)
-    rows = jnp.arange(valid.shape[-1], dtype=jnp.int32)
-    last = jnp.max(jnp.where(valid, rows, -1), axis=-1, keepdims=True)
-    return rows[None, :] == last
-
-
-def official_query_mask(attention_mask, image_start, num_image: int):
-    """Official ``all`` query set: rows from ``p_b + n`` to the end of the padded
-    sequence, padding rows included (docs/ALGORITHM.md §3.3, §6 D6).
-    attention_mask [B, L] only sets the shape. Samples without an image
-    (image_start < 0) get no rows."""
-    return _after_image(attention_mask.shape, image_start, num_image)
-
-
-def _with_fallback(primary, fallback, image_start):
-    """Replace an empty primary set by the fallback set, per image-carrying sample."""
-    empty = ~jnp.any(primary, axis=-1) & (image_start >= 0)
-    return jnp.where(empty[:, None], fallback, primary), empty & jnp.any(fallback, axis=-1)
-
-
-def eval_query_mask(attention_mask, image_start, num_image: int, queries: str = "all"):
-    """Evaluation query sets (project default, valid rows only).
-
-    ``all``: valid rows after the image block; ``last``: the last valid row.
-    Returns (mask [B, L] bool, fell_back [B] bool): an empty ``all`` set falls
-    back to ``last`` (docs/ALGORITHM.md §6 D12) and is flagged.
-    """
-    last = _last_valid_row(attention_mask)
-    if queries == "last":
-        return last, jnp.zeros(last.shape[:1], bool)
-    if queries != "all":
-        raise ValueError(f"unknown query set {queries!r}; use 'all' or 'last' "
-                         "(build 'salient' masks from the salient positions)")
-    rows = _after_image(attention_mask.shape, image_start, num_image)
-    return _with_fallback(rows & attention_mask.astype(bool), last, image_start)
-
-
-def train_query_mask(labels, attention_mask, image_start, num_image: int, queries: str = "all"):
-    """Training query sets from labels [B, L] (-100 = not supervised).
-
-    ``all``: valid rows after the image block with label -100. ``last``: valid
-    rows q with label[q] == -100 and label[q+1] != -100 (the token before each
-    answer span) from the last image row on; the last image row is admitted
-    because in the pretraining ``plain`` template the caption follows the
-    image directly, and that is where ``all`` is empty and falls back (docs/ALGORITHM.md §6 D12).
-    Returns (mask [B, L] bool, fell_back [B] bool; True where the empty
-    ``all`` set was replaced by a non-empty ``last`` set). A sample whose mask
-    is still empty has no answer span after a non-answer token: pass it through.
-    """
-    valid = attention_mask.astype(bool)
-    after = _after_image(labels.shape, image_start, num_image)
-    from_last_image = _after_image(labels.shape, image_start, num_image - 1)
-    unsupervised = labels == IGNORE_INDEX
-    next_supervised = jnp.pad(~unsupervised[:, 1:], ((0, 0), (0, 1)))
-    last = valid & from_last_image & unsupervised & next_supervised
-    if queries == "last":
-        return last, jnp.zeros(labels.shape[:1], bool)
-    if queries != "all":
-        raise ValueError(f"unknown query set {queries!r}; use 'all' or 'last' "
-                         "(build 'salient' masks from the salient positions)")
-    return _with_fallback(valid & after & unsupervised, last, image_start)
+def keep_top_per_sample(scores: jax.Array, n_prev, n_new) -> jax.Array:
+    """Per-sample counts (host ints [B]): scores [B, P] (P = max n_prev) -> keep
+    [B, max n_new] int32 ascending; sample b keeps its top n_new[b] of its first
+    n_prev[b] columns (ties to the lowest index), slots past n_new[b] hold P.
+    Equal counts give exactly `keep_top_image_tokens(scores, n_new)`."""
+    n_prev, n_new = np.asarray(n_prev, np.int64), np.asarray(n_new, np.int64)
+    width, k = scores.shape[1], int(n_new.max())
+    if np.all(n_prev == width) and np.all(n_new == k):
+        return keep_top_image_tokens(scores, k)
+    cols = jnp.arange(width)[None, :]
+    scores = jnp.where(cols < jnp.asarray(n_prev)[:, None], scores, -1.0)   # real scores >= 0
+    top = jax.lax.top_k(scores, k)[1].astype(jnp.int32)          # descending, ties -> low index
+    slot = jnp.arange(k)[None, :]
+    top = jnp.where(slot < jnp.asarray(n_new)[:, None], top, width)
+    return jnp.sort(top, axis=-1)
 
 
 # --------------------------------------------------------------------------
@@ -255,8 +207,9 @@ class DropResult(NamedTuple):
     positions: jax.Array
 
 
-def reduced_lengths(lengths, passthrough, image_start, n_prev: int, n_new: int):
-    """[B] lengths after a drop: ``len - (n_prev - n_new)`` unless passed through."""
+def reduced_lengths(lengths, passthrough, image_start, n_prev, n_new):
+    """[B] lengths after a drop: ``len - (n_prev - n_new)`` unless passed through
+    (counts: ints, or per-sample [B])."""
     through = passthrough.astype(bool) | (image_start < 0)
     return jnp.where(through, lengths, lengths - (n_prev - n_new)).astype(jnp.int32)
 
@@ -273,28 +226,36 @@ def segment_length(lengths, passthrough, n_prev: int, n_new: int, bucket: int = 
     return max(bucket, -(-longest // bucket) * bucket)
 
 
-def drop_gather_index(keep, image_start, lengths, passthrough, *, n_prev: int, out_len: int):
+def drop_gather_index(keep, image_start, lengths, passthrough, *, n_prev, out_len: int,
+                      n_new=None):
     """Gather map of the drop: slot j of the new sequence reads old row src[b, j].
 
-    keep [B, n_new] kept image indices (ascending, relative to image_start);
+    keep [B, K] kept image indices (ascending, relative to image_start);
     image_start, lengths, passthrough [B] (image_start < 0 also passes through).
-    Returns (src [B, out_len] int32, valid [B, out_len] bool); src is 0 on
-    invalid slots. ``out_len`` must be >= every reduced length (rows beyond it
-    would be cut).
+    n_prev: the block length before the drop, n_new: the kept count (default
+    K); each a Python int, or host ints [B] per sample (LLaVA-NeXT; keep slots
+    past n_new[b] are never read). Returns (src [B, out_len] int32, valid
+    [B, out_len] bool); src is 0 on invalid slots. ``out_len`` must be >= every
+    reduced length (rows beyond it would be cut).
     """
-    n_new = keep.shape[-1]
-    if n_new > n_prev:
+    k = keep.shape[-1]
+    n_new = k if n_new is None else n_new
+    if np.any(np.asarray(n_new) > np.asarray(n_prev)):
         raise ValueError(f"cannot keep {n_new} of {n_prev} image tokens")
+    per_sample = lambda n: jnp.asarray(n, jnp.int32) if np.ndim(n) else n     # [B] or int
+    new_len = reduced_lengths(lengths, passthrough, image_start, per_sample(n_prev),
+                              per_sample(n_new))
+    column = lambda n: per_sample(n)[:, None] if np.ndim(n) else n             # [B, 1] or int
+    n_prev, n_new = column(n_prev), column(n_new)
     slots = jnp.arange(out_len, dtype=jnp.int32)[None, :]
     start = image_start.astype(jnp.int32)[:, None]
-    offset = jnp.clip(slots - start, 0, max(n_new - 1, 0))
-    kept = (jnp.take_along_axis(keep.astype(jnp.int32), offset, axis=-1) if n_new
+    offset = jnp.clip(slots - start, 0, max(k - 1, 0))
+    kept = (jnp.take_along_axis(keep.astype(jnp.int32), offset, axis=-1) if k
             else jnp.zeros_like(slots))
     src = jnp.where(slots < start, slots,
                     jnp.where(slots < start + n_new, start + kept, slots + (n_prev - n_new)))
     through = (passthrough.astype(bool) | (image_start < 0))[:, None]
     src = jnp.where(through, slots, src)
-    new_len = reduced_lengths(lengths, passthrough, image_start, n_prev, n_new)
     valid = slots < new_len[:, None]
     return jnp.where(valid, src, 0).astype(jnp.int32), valid
 

@@ -15,10 +15,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from duet_jax.models.config import LlavaConfig
+from duet_jax.ops import IGNORE_INDEX
+from duet_jax.reduction.queries import train_query_mask_host
 from duet_jax.sharding import DEFAULT_RULES
 from duet_jax.training.config import ConfigError
-
-IGNORE_INDEX = -100
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
 
 
@@ -44,26 +44,19 @@ def passthrough(batch: Dict[str, np.ndarray], image_token_index: int, n_ids: int
                 queries: str) -> np.ndarray:
     """[B] bool: samples Stage 2 leaves unchanged in training (no image, or an empty query set).
 
-    Mirrors `duet_jax.reduction.train_query_mask` in input coordinates: the
-    rows after the image block are the same rows after Stage 1 and after every
-    drop, so the emptiness of the query set is decided once, here.
+    The model's training query rule run on the host (`train_query_mask_host`, the
+    same code) in input coordinates: the rows after the image block are the same
+    rows after Stage 1 and after every drop, so the emptiness of the query set is
+    decided once, here.
     """
-    ids, labels = batch["input_ids"], batch["labels"]
-    valid = batch["attention_mask"].astype(bool)
-    is_img = (ids == image_token_index) & valid
-    has_image = is_img.any(axis=1)
-    start = np.where(has_image, is_img.argmax(axis=1), 0)[:, None]
-    rows = np.arange(ids.shape[1])[None, :]
-    unsup = labels == IGNORE_INDEX
-    next_sup = np.pad(~unsup[:, 1:], ((0, 0), (0, 1)))
-    last = valid & (rows >= start + n_ids - 1) & unsup & next_sup
-    nonempty = last.any(axis=1)
-    if queries == "all":
-        nonempty |= (valid & (rows >= start + n_ids) & unsup).any(axis=1)
-    elif queries != "last":
+    if queries not in ("all", "last"):
         raise ValueError(f"Stage-2 query set {queries!r} cannot train (no training query "
                          "mask); use a preset with queries 'all' or 'last'")
-    return ~has_image | ~nonempty
+    ids, valid = batch["input_ids"], batch["attention_mask"].astype(bool)
+    is_img = (ids == image_token_index) & valid
+    start = np.where(is_img.any(axis=1), is_img.argmax(axis=1), -1)
+    mask, _ = train_query_mask_host(batch["labels"], valid, start, n_ids, queries)
+    return ~mask.any(axis=1)
 
 
 def _round_up(n: int, bucket: int) -> int:

@@ -19,10 +19,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from duet_jax.models.llava import PARAM_AXES, LlavaModel
+from duet_jax.ops import IGNORE_INDEX
 from duet_jax.sharding import param_shardings
 from duet_jax.training.batching import StepLayout, stacked_sharding
-
-IGNORE_INDEX = -100
 
 
 def cross_entropy_sums(logits: jax.Array, labels: jax.Array) -> Tuple[jax.Array, jax.Array]:

@@ -6,7 +6,8 @@ import torch
 import jax
 import jax.numpy as jnp
 
-from duet_jax.generation.decode import generate_tokens, sample_token
+from duet_jax.generation.decode import generate_tokens
+from duet_jax.generation.sampling import sample_token
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
 from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config

@@ -68,7 +68,7 @@ def test_logits_match_hf(tiny, sizes):
 
 @pytest.mark.parametrize("sizes", [SIZES[:1], SIZES])
 def test_greedy_decode_matches_hf(tiny, sizes):
-    from duet_jax.generation.qwen_decode import generate_qwen
+    from duet_jax.generation.decode import generate_qwen
     hf, cfg, params = tiny
     ids, pixels, grid = qwen_inputs(sizes, seed=2)
     n_new = 8

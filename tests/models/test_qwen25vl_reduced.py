@@ -146,7 +146,7 @@ def test_reduced_forward_equals_gathered_reference(tiny, name):
 def test_reduced_decode_attends_to_each_segments_kept_tokens(tiny):
     """Cached decoding == the HF layers re-run on prompt + generated tokens with the
     prefill's Stage-1/Stage-2 choices: every generated token is that reference's argmax."""
-    from duet_jax.generation.qwen_decode import generate_qwen
+    from duet_jax.generation.decode import generate_qwen
     from duet_jax.models.qwen25vl_reduced import reduced_forward
     hf, cfg, params = tiny
     red = REDUCTIONS["duet"]
@@ -173,7 +173,7 @@ def test_a_same_grid_batch_equals_each_sample_alone(tiny, name):
     """Batch 2 (one grid, different text lengths, right padding) == batch 1 per sample:
     logits of the valid rows and greedy decodes."""
     from duet_jax.api.qwen25vl import collate
-    from duet_jax.generation.qwen_decode import generate_qwen
+    from duet_jax.generation.decode import generate_qwen
     hf, cfg, params = tiny
     red, model = REDUCTIONS[name], Qwen25VLModel(cfg)
     samples = []
