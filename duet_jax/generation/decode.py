@@ -1,7 +1,7 @@
 """One jitted prefill + KV-cached batched decoder for every family, with Stage-2 reduction.
 
 Prefill runs the family's (reduced) forward and keeps every layer segment's KV
-cache (ALGORITHM.md §3.5-3.6): segment s holds `[B, L_s + T, KV, hd]` per
+cache (docs/ALGORITHM.md §3.5-3.6): segment s holds `[B, L_s + T, KV, hd]` per
 layer, prefill writes slots `[0, L_s)` (padding slots masked), decode step t
 writes slot `L_s + t` for every sample. Image tokens dropped at a boundary are
 simply absent from the later segments' caches. The loop (`decode`) is shared;

@@ -194,7 +194,7 @@ class LlamaModel:
 
     def stage2_scores(self, layer_params: dict, hidden, positions, valid, query_mask, image_start,
                       *, num_image: int, query_rows: Optional[int] = None) -> jax.Array:
-        """Stage-2 scoring hook (ALGORITHM.md §3.2): `text_image_scores` with the
+        """Stage-2 scoring hook (docs/ALGORITHM.md §3.2): `text_image_scores` with the
         norm/q/k weights of `layer_params` on hidden [B, L, D] at positions [B, L]
         -> [B, num_image] float32. valid, query_mask [B, L]; image_start [B]."""
         cfg = self.config

@@ -84,7 +84,7 @@ class Qwen2Model(LlamaModel):
 
     def stage2_scores(self, layer_params: dict, hidden, positions, valid, query_mask, image_start,
                       *, num_image: int, query_rows=None) -> jax.Array:
-        """Stage-2 scoring hook (ALGORITHM.md §3.2, §3.10): the next layer's biased q/k
+        """Stage-2 scoring hook (docs/ALGORITHM.md §3.2, §3.10): the next layer's biased q/k
         with M-RoPE on hidden [B, L, D] at positions [3, B, L] -> [B, num_image] float32
         (GQA, causal + padding mask, float32 softmax: `scores_from_qk`)."""
         cfg = self.config

@@ -4,7 +4,7 @@ Stage 1 (docs/ALGORITHM.md §2.6): scores/metric from the last vision block's fu
 attention, `vision_merge_in_place` on the post-merger embeddings, and the
 prompt is gathered so the K kept rows sit where the image block was, each
 with its original M-RoPE ids (the text after the image keeps its ids too).
-Stage 2 (§3.2-3.4 project default, §3.10) is the shared segment runner
+Stage 2 (docs/ALGORITHM.md §3.2-3.4 project default, §3.10) is the shared segment runner
 (`duet_jax.models.segments`) with the `Qwen2Model.stage2_scores` hook:
 next-layer q/k with biases and M-RoPE, causal mask, GQA, counts relative to
 n_0 = K, `positions='keep'` on all three M-RoPE axes.

@@ -1,9 +1,9 @@
 """The Stage-2 segment runner of every family: the LM stack with drops between static segments.
 
 Segment s runs layers `[l_s, l_{s+1})` on a sequence whose length is static
-(ALGORITHM.md §3.6); between segments the image tokens are ranked and the
+(docs/ALGORITHM.md §3.6); between segments the image tokens are ranked and the
 sequence is gathered into a shorter buffer, carrying labels, validity, prompt
-rows and positions along (§3.4), so prefill, generation and training share one
+rows and positions along (docs/ALGORITHM.md §3.4), so prefill, generation and training share one
 code path.
 
 Counts are host-known Python ints, one per sample (`image_counts`,
@@ -137,7 +137,7 @@ def run_language_model(text, params: dict, seq: Sequence, num_image, stage2, *,
     params: its params; seq: the `Sequence` entering layer 0; num_image: n_0 (a
     Python int, or one per sample); stage2: a `Stage2Config` or None (every
     layer, no drop). segment_lengths: static buffer length of each later segment
-    (host-computed, §3.6); default: shrink by the smallest dropped count when
+    (host-computed, docs/ALGORITHM.md §3.6); default: shrink by the smallest dropped count when
     every sample has an image and this is not training, else keep the length.
     Returns (final seq with hidden before the final norm, [Segment, ...], [keep, ...]).
     """

@@ -1,4 +1,4 @@
-"""Stage-2 query sets `Q_b` (ALGORITHM.md §3.3): the rows whose attention ranks the image.
+"""Stage-2 query sets `Q_b` (docs/ALGORITHM.md §3.3): the rows whose attention ranks the image.
 
 Every rule is written once over an array module `xp` and runs on device
 (`jax.numpy`, inside the model) or on the host (`numpy`, the training step
@@ -47,7 +47,7 @@ def _check(queries):
 
 def official_query_mask(attention_mask, image_start, num_image: int):
     """Official ``all`` query set: rows from ``p_b + n`` to the end of the padded
-    sequence, padding rows included (§3.3, D6). attention_mask [B, L] only sets
+    sequence, padding rows included (docs/ALGORITHM.md §3.3, §6 D6). attention_mask [B, L] only sets
     the shape. Samples without an image (image_start < 0) get no rows."""
     return _after_image(jnp, attention_mask.shape, image_start, num_image)
 
@@ -57,7 +57,7 @@ def eval_query_mask(attention_mask, image_start, num_image: int, queries: str = 
 
     ``all``: valid rows after the image block; ``last``: the last valid row.
     Returns (mask [B, L] bool, fell_back [B] bool): an empty ``all`` set falls
-    back to ``last`` (D12) and is flagged.
+    back to ``last`` (docs/ALGORITHM.md §6 D12) and is flagged.
     """
     last = _last_valid_row(jnp, attention_mask)
     if queries == "last":
@@ -88,7 +88,7 @@ def train_query_mask(labels, attention_mask, image_start, num_image: int, querie
     rows q with label[q] == -100 and label[q+1] != -100 (the token before each
     answer span) from the last image row on; the last image row is admitted
     because in the pretraining ``plain`` template the caption follows the
-    image directly, and that is where ``all`` is empty and falls back (D12).
+    image directly, and that is where ``all`` is empty and falls back (docs/ALGORITHM.md §6 D12).
     Returns (mask [B, L] bool, fell_back [B] bool; True where the empty
     ``all`` set was replaced by a non-empty ``last`` set). A sample whose mask
     is still empty has no answer span after a non-answer token: pass it through.

@@ -5,7 +5,7 @@ detached hidden states and averages the softmax attention of the query rows
 onto the image columns: `text_image_scores` is the Llama rule (no q/k bias,
 1-D RoPE); every family ends in `scores_from_qk`, so a family whose layer
 differs (Qwen2.5-VL: biases, M-RoPE) only projects its own q/k. The query
-sets are `duet_jax.reduction.queries`. The drop (§3.4, §3.6) is a static-size
+sets are `duet_jax.reduction.queries`. The drop (docs/ALGORITHM.md §3.4, §3.6) is a static-size
 gather map. Every count (``num_image``, ``k``, ``out_len``) is a Python int;
 per-sample quantities (image start, length, query rows; LLaVA-NeXT's
 per-sample ``n_prev``/``n_new`` as host ints) are arrays.
@@ -97,7 +97,7 @@ def query_window(image_start, num_image: int, batch: int, seq_len: int,
 
     query_rows=None: every row (R = L). Otherwise the static window
     ``image_start + num_image - 1 + [0, query_rows)`` (R = query_rows), which
-    holds every query set of §3.3; rows past the sequence are not ok.
+    holds every query set of docs/ALGORITHM.md §3.3; rows past the sequence are not ok.
     """
     if query_rows is None:
         rows = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
