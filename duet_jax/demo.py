@@ -16,6 +16,7 @@ numerical check of the real-size code path.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,7 +25,9 @@ import time
 
 import numpy as np
 
-ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "assets", "demo.png")
+from duet_jax.resources import child_env, package_path
+
+ASSET = package_path("data", "assets", "demo.png")
 
 
 def build_hf_checkpoint(out_dir: str, seed: int = 0) -> None:
@@ -68,8 +71,9 @@ def agreement_and_presets(workdir: str, presets) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
     build_hf_checkpoint(hf_dir)
-    subprocess.run([sys.executable, "-m", "convert", "--src", hf_dir, "--dst", jax_dir],
-                   check=True, stdout=subprocess.DEVNULL)
+    convert = [sys.executable, "-m", "duet_jax.checkpoints.cli"]    # duet-convert, python -m convert
+    subprocess.run([*convert, "--src", hf_dir, "--dst", jax_dir], check=True,
+                   stdout=subprocess.DEVNULL, env=child_env())
     print(f"built + converted a tiny random LLaVA in {time.perf_counter() - t0:.1f}s -> {jax_dir}")
     model = duet_jax.load_llava(jax_dir)
     cfg = model.config
@@ -111,7 +115,11 @@ def main(argv=None) -> int:
                     help="retrain the miniature's stages 0-1 instead of the shipped checkpoint")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    agreement_and_presets(os.path.join(args.workdir, "agreement"), args.presets)
+    if importlib.util.find_spec("torch") is None:
+        print("skipped the agreement check with PyTorch: torch is not installed "
+              "(pip install 'duet_jax[test]', which pins torch==2.13.0)")
+    else:
+        agreement_and_presets(os.path.join(args.workdir, "agreement"), args.presets)
     if args.miniature:
         from duet_jax.miniature.pipeline import PipelineConfig, run
         result = run(PipelineConfig(out=args.workdir, from_scratch=args.from_scratch),
