@@ -1,10 +1,10 @@
 """`make demo`: the miniature DUET-VLM reproduction (duet_jax/miniature), after a
 numerical check of the real-size code path.
 
-1. A tiny random LLaVA-1.5-shaped model (576 patches) built with transformers,
-   converted to our format, run in Flax: the logits' agreement with HF PyTorch,
-   the timings, and the DUET presets' token counts. Random weights: this part
-   shows agreement and speed, not accuracy.
+1. A tiny random LLaVA-1.5-shaped model (576 patches, `duet_jax.tiny`) in HF layout,
+   run by transformers and, converted to our format, in Flax: the logits' agreement
+   with HF PyTorch, the timings, and the DUET presets' token counts. Random weights:
+   this part shows agreement and speed, not accuracy.
 2. The miniature reproduction: a LLaVA-shaped model with 576 visual tokens on a
    synthetic shapes/letters task, fine-tuned here (full tokens and with DUET)
    from the stage-0/1 checkpoint shipped in duet_jax/miniature/pretrained, then
@@ -31,21 +31,10 @@ ASSET = package_path("data", "assets", "demo.png")
 
 
 def build_hf_checkpoint(out_dir: str, seed: int = 0) -> None:
-    """A LLaVA-1.5-shaped (336px / 14, 576 patches) tiny random HF checkpoint."""
-    import torch
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
-    torch.manual_seed(seed)
-    vc = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-                          num_attention_heads=4, image_size=336, patch_size=14, projection_dim=64)
-    tc = LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=344, num_hidden_layers=32,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
-    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_index=1000,
-                      image_seq_length=576)
-    model = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="eager").eval()
-    model.save_pretrained(out_dir)
-    CLIPImageProcessorPil(size={"shortest_edge": 336},
-                          crop_size={"height": 336, "width": 336}).save_pretrained(out_dir)
+    """A LLaVA-1.5-shaped (336 px / 14, 576 patches, 32 LM layers) tiny random HF checkpoint
+    with its tokenizer and image processor (`duet_jax.tiny`, a little wider)."""
+    from duet_jax.tiny import build
+    build(out_dir, seed=seed, text_width=128, vision_layers=4, vision_width=64)
 
 
 def steady_seconds(fn, runs: int = 5) -> float:
@@ -78,9 +67,13 @@ def agreement_and_presets(workdir: str, presets) -> None:
     model = duet_jax.load_llava(jax_dir)
     cfg = model.config
     pixels = preprocess_image(ASSET, load_image_processor(hf_dir))[None]
-    ids = np.random.default_rng(0).integers(3, 900, (1, 24 + cfg.image_seq_length)).astype(np.int64)
+    ids = np.random.default_rng(0).integers(3, cfg.image_token_index,   # text ids below <image>
+                                            (1, 24 + cfg.image_seq_length)).astype(np.int64)
     ids[0, 4:4 + cfg.image_seq_length] = cfg.image_token_index
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()     # its weight-loading bar floods a log
     hf = LlavaForConditionalGeneration.from_pretrained(hf_dir).eval()
     for _ in range(2):   # the second call is the steady-state time
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("duet-convert", "duet-eval", "duet-train", "duet-demo")
+COMMANDS = ("duet-convert", "duet-eval", "duet-train", "duet-demo", "duet-tiny")
 
 
 def _pyproject() -> dict:

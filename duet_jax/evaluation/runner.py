@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from typing import Optional
 
@@ -102,7 +101,9 @@ def load_model(path: str, dtype: str):
     """duet_jax.load_llava with load errors turned into one-line ScoreErrors."""
     import duet_jax
     try:
-        return duet_jax.load_llava(path, dtype=dtype)
+        model = duet_jax.load_llava(path, dtype=dtype)
+        model.tokenizer     # a missing tokenizer is a load error, not one in mid-run
+        return model
     except (OSError, ValueError, KeyError) as e:
         message = " ".join(str(e).splitlines())
         raise ScoreError(f"cannot load the model from {path}: {message}") from None
@@ -200,9 +201,8 @@ def _save_kept(model, spec: RunSpec, question: Question, index: int, batch: dict
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, mininterval=1.0,
-                dynamic_ncols=True)
+    from duet_jax.progress import progress_bar
+    return progress_bar(total=total, desc=desc, unit="q")
 
 
 def generate_answers(model, spec: RunSpec, questions: list[Question], pending: list[int],
