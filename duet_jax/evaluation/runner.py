@@ -168,7 +168,7 @@ def safe_name(value) -> str:
 
 
 def _save_kept(model, spec: RunSpec, question: Question, index: int, batch: dict, row: int,
-               forward) -> None:
+               forward, answer: str) -> None:
     from . import kept_tokens as kt
     from duet_jax.reduction import average_visual_tokens
     cfg, red = model.config, spec.reduction
@@ -197,7 +197,7 @@ def _save_kept(model, spec: RunSpec, question: Question, index: int, batch: dict
     path = os.path.join(spec.kept_dir, f"{index:05d}_{safe_name(question.question_id)}.png")
     kt.save_kept_picture(path, image, cfg.vision.patch_size, block, kept=kept,
                          boundaries=boundaries[:len(kept)], with_stage1=merge is not None,
-                         title=title)
+                         title=title, question=question.text, answer=answer)
 
 
 def _progress(total: int, desc: str):
@@ -234,14 +234,15 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
             for row, i in enumerate(idxs):
                 text = model.tokenizer.decode(out_tokens[row, :lengths[row]],
                                               skip_special_tokens=True)
-                writer.write(answer_record(questions[i], clean_output(text, spec.benchmark),
+                text = clean_output(text, spec.benchmark)
+                writer.write(answer_record(questions[i], text,
                                            model_id=spec.model_id, answer_id=answer_id(spec, i)))
                 if has_image and i < spec.save_kept and model.kept_pictures \
                         and spec.benchmark != "video":
-                    _save_kept(model, spec, questions[i], i, batch, row, out.forward)
+                    _save_kept(model, spec, questions[i], i, batch, row, out.forward, text)
             tokens += int(lengths[:len(idxs)].sum())
-            bar.update(len(idxs))
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):.1f} tok/s")
+            bar.update(len(idxs))
     finally:
         bar.close()
         writer.close()
