@@ -40,7 +40,7 @@ def progress_bar(total: Optional[int], desc: str, unit: str = "it", *, enabled: 
 
 
 class LineProgress:
-    """tqdm's `update / set_postfix / set_postfix_str / close` as one line per step of
+    """tqdm's `update / set_postfix / set_postfix_str / write / close` as one line per step of
     `percent_step` % crossed (`desc: 40% 4/10 q [12 s] postfix`), flushed at once."""
 
     def __init__(self, total: Optional[int], desc: str, unit: str = "it", *, initial: int = 0,
@@ -78,6 +78,11 @@ class LineProgress:
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = str(s)
+
+    def write(self, message: str) -> None:
+        """A message on its own line (tqdm.write's place in a log)."""
+        self.file.write(f"{message}\n")
+        self.file.flush()
 
     def close(self) -> None:
         if not self._closed and self.n != self._shown:

@@ -52,3 +52,13 @@ def test_terminal_gets_tqdm_and_none_means_terminal_only():
     off.update(3)
     off.close()
     assert quiet.getvalue() == ""
+
+
+def test_write_is_a_line_of_its_own():
+    out = io.StringIO()
+    bar = progress_bar(total=4, desc="train", unit="step", file=out)
+    bar.write("step 1: 3 samples were truncated")
+    bar.update(4)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "step 1: 3 samples were truncated" and lines[1].startswith("train: 100%")
