@@ -6,7 +6,8 @@ entry-point group; pyproject.toml registers `manifest`, `pip install ".[lmms]"`)
         --tasks pope --batch_size 8
 
 model_args: `pretrained` (any directory `duet_jax.load_llava` reads), `reduction`
-(preset name, or none), `dtype` (float32 | bfloat16 | float16), `max_new_tokens`
+(a preset name, a .json/.yaml reduction config file, or none: what `eval.py run
+--reduction` takes), `dtype` (float32 | bfloat16 | float16), `max_new_tokens`
 (default: the request's, else 128), `length_bucket` (as `eval.py run --length-bucket`),
 `mesh` (`DxFxT`: data x fsdp x tensor devices, `duet_jax.sharding`); the batch size is
 lmms-eval's `--batch_size`.
@@ -55,11 +56,12 @@ class DuetJax(lmms):
         super().__init__()
         import duet_jax
 
+        from duet_jax.evaluation.runner import parse_reduction
+
         self.model = duet_jax.load_llava(str(pretrained), dtype=dtype, mesh=_mesh(mesh))
-        self.reduction_name = None if str(reduction).lower() in ("none", "", "null") \
-            else str(reduction)
-        if self.reduction_name is not None:
-            self.model.reduction(self.reduction_name)     # fails now, not mid-run
+        none = reduction is None or str(reduction).lower() in ("none", "", "null")
+        # validated against the model now, not mid-run
+        self.reduction = None if none else self.model.reduction(parse_reduction(str(reduction)))
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.length_bucket = int(length_bucket)
@@ -108,7 +110,7 @@ class DuetJax(lmms):
                 has_image = images[0] is not None
                 gen = self.model.generate_batch(
                     self._batch(prompts, images), max_new_tokens=max_new,
-                    reduction=self.reduction_name if has_image else None)
+                    reduction=self.reduction if has_image else None)
                 for i, text in zip(chunk, self.model.decode_answers(gen)):
                     for stop in until:
                         text = text.split(stop)[0] if stop else text
@@ -136,7 +138,7 @@ class DuetJax(lmms):
             ids = np.concatenate([prompt, cont])[None]
             logits = np.asarray(self.model.logits(
                 ids, batch.get("pixel_values"), np.ones_like(ids),
-                reduction=self.reduction_name if image is not None else None), np.float32)[0]
+                reduction=self.reduction if image is not None else None), np.float32)[0]
             # the reduced sequence keeps every text row: the last len(cont) + 1 rows are the
             # context's last token and the continuation
             rows = logits[len(logits) - len(cont) - 1:len(logits) - 1]
