@@ -54,10 +54,10 @@ class Handle:
 
     @functools.cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
+        from duet_jax.data.tokenize import load_tokenizer
         if self.path is None:
             raise ValueError("this model was not loaded from a directory; pass a tokenizer")
-        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        return load_tokenizer(self.path)
 
     @functools.cached_property
     def image_processor(self):

@@ -143,38 +143,48 @@ def export_hf(src: str, dst: str, dtype=None, vision_tower: Optional[str] = None
     Names are the family's hub ones (its `Layout`'s canonical prefixes); tensors
     are the stored values transformed back, so fp32 and bf16 round trips are bit-exact.
     """
-    from tqdm import tqdm
-
     cast_dtype(dtype)
     with staged_output(dst) as tmp:
         hf_config, description, params, asset_dirs = _read_source(src, dtype, vision_tower, progress,
                                                                    as_jax=False)
-        flat = {p: np.asarray(v) for p, v in flatten_tree(params).items()}   # host copy, once
-        family = family_of(hf_config)
-        layout = family.layout(family.config(hf_config))
-        entries = export_entries(flat, layout, src, family.name)  # (key, shape, dtype, produce)
-        shards = _split_shards(entries, max_shard_bytes)
-        bar = tqdm(total=len(entries), unit="tensor", desc="writing safetensors",
-                   disable=None if progress is None else not progress)
-        weight_map, total = {}, 0
-        for n, shard in enumerate(shards, 1):
-            name = ("model.safetensors" if len(shards) == 1
-                    else f"model-{n:05d}-of-{len(shards):05d}.safetensors")
-            write_safetensors(os.path.join(tmp, name), [_ticking(e, bar) for e in shard])
-            for key, shape, dt, _ in shard:
-                weight_map[key] = name
-                total += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        bar.close()
-        if len(shards) > 1:
-            _write_json(os.path.join(tmp, "model.safetensors.index.json"),
-                        {"metadata": {"total_size": total}, "weight_map": weight_map})
-        dtype_name = _dtype_name(params)
-        config = dict(hf_config, **({"dtype": dtype_name} if dtype_name else {}))
-        config.pop("torch_dtype", None)
-        _write_json(os.path.join(tmp, "config.json"), config)
-        assets = copy_assets(asset_dirs, tmp)
-    return {"source": description, "tensors": len(entries), "bytes": total, "shards": len(shards),
-            "dtype": dtype_name, "assets": assets}
+        info = write_hf(tmp, params, hf_config, asset_dirs, source=src,
+                        max_shard_bytes=max_shard_bytes, progress=progress)
+    return dict(info, source=description)
+
+
+def write_hf(directory: str, params, hf_config: dict, asset_dirs: list, *, source: str = "params",
+             max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress=None) -> dict:
+    """Write `params` (the Flax pytree of `hf_config`'s family) into the existing `directory`
+    as an HF checkpoint: safetensors shards (+ index), config.json and the asset files of
+    `asset_dirs` (`copy_assets`). `export_hf` and `duet_jax.tiny` write through this."""
+    from duet_jax.progress import progress_bar
+
+    flat = {p: np.asarray(v) for p, v in flatten_tree(params).items()}   # host copy, once
+    family = family_of(hf_config)
+    layout = family.layout(family.config(hf_config))
+    entries = export_entries(flat, layout, source, family.name)  # (key, shape, dtype, produce)
+    shards = _split_shards(entries, max_shard_bytes)
+    bar = progress_bar(total=len(entries), unit="tensor", desc="writing safetensors",
+                       enabled=progress)
+    weight_map, total = {}, 0
+    for n, shard in enumerate(shards, 1):
+        name = ("model.safetensors" if len(shards) == 1
+                else f"model-{n:05d}-of-{len(shards):05d}.safetensors")
+        write_safetensors(os.path.join(directory, name), [_ticking(e, bar) for e in shard])
+        for key, shape, dt, _ in shard:
+            weight_map[key] = name
+            total += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    bar.close()
+    if len(shards) > 1:
+        _write_json(os.path.join(directory, "model.safetensors.index.json"),
+                    {"metadata": {"total_size": total}, "weight_map": weight_map})
+    dtype_name = _dtype_name(params)
+    config = dict(hf_config, **({"dtype": dtype_name} if dtype_name else {}))
+    config.pop("torch_dtype", None)
+    _write_json(os.path.join(directory, "config.json"), config)
+    assets = copy_assets(asset_dirs, directory)
+    return {"tensors": len(entries), "bytes": total, "shards": len(shards), "dtype": dtype_name,
+            "assets": assets}
 
 
 def _ticking(entry, bar):

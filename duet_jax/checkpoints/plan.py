@@ -306,17 +306,17 @@ def read_params(plan: Plan, dtype=None, place: Optional[Callable] = None,
     place(path, np_array) is called once per finished leaf (e.g. jax.device_put
     onto its sharding); its result goes into the tree and the host buffer is dropped.
     A stacked leaf `[num_layers, ...]` is assembled in one buffer and placed as
-    soon as its last layer arrives. progress: tqdm bar; None shows it only on a terminal.
+    soon as its last layer arrives. progress: `duet_jax.progress.progress_bar`'s `enabled`
+    (None: a bar on a terminal only).
     """
-    from tqdm import tqdm
+    from duet_jax.progress import progress_bar
 
     out_dtype = cast_dtype(dtype)
     place = place or (lambda path, arr: arr)
     leaf_dtype = _planned_dtypes(plan, out_dtype)
     buffers, counts, flat = {}, {}, {}
     total = sum(len(s.mapping) for s in plan.sources)
-    disable = None if progress is None else not progress
-    with tqdm(total=total, unit="tensor", desc="reading weights", disable=disable) as bar:
+    with progress_bar(total=total, unit="tensor", desc="reading weights", enabled=progress) as bar:
         for src in plan.sources:
             for file in src.files.files:
                 wanted = [k for k in src.files.keys_in(file) if k in src.mapping]

@@ -15,6 +15,7 @@ nothing here imports torch (`IGNORE_INDEX` comes from `duet_jax.ops`, its one ho
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,6 +24,21 @@ from duet_jax.data.conversation import IMAGE_TOKEN, build_training_conversation,
 from duet_jax.ops import IGNORE_INDEX
 
 IMAGE_PLACEHOLDER = -200     # LLaVA's IMAGE_TOKEN_INDEX
+
+
+# A directory holds a tokenizer when it has one of these (vocab.json: GPT-2 style BPE, Qwen).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(directory: str):
+    """transformers' AutoTokenizer of a model directory (offline). A directory without
+    tokenizer files raises FileNotFoundError saying so (transformers' own error there
+    suggests installing a package that is installed)."""
+    if not any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer files in {directory} (expected tokenizer.json or "
+                                "tokenizer.model); copy them from the source checkpoint")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
 def _ids(tokenizer, text: str) -> List[int]:

@@ -1,11 +1,12 @@
 """Kept-token pictures (`eval.py run --save-kept N`): what the reduced model still sees.
 
-One PNG per sample, drawn on the model's own input image (padded, resized,
-de-normalised `pixel_values`), one panel per stage:
+One PNG per sample: the title, the question and the model's answer on top, then
+the model's own input image (padded, resized, de-normalised `pixel_values`) as it
+is, then one panel per stage drawn on it:
 
-* Stage 1 panel: dominant patches as they are, outlined; patches merged into a
-  contextual token tinted with that token's colour (its anchor carries a square
-  marker in the same colour); dropped patches greyed.
+* Stage 1 panel: dominant patches as they are, outlined in yellow; patches merged
+  into a contextual token keep their colours, outlined in that token's colour (its
+  anchor carries a square marker in the same colour); dropped patches greyed.
 * One panel per Stage-2 boundary: the same picture restricted to the image
   tokens that survived it. A dominant row is its own patch; a contextual row is
   its anchor patch plus its members.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import colorsys
 import dataclasses
 import math
-import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,13 +32,22 @@ DROPPED, DOMINANT, ANCHOR, MEMBER = 0, 1, 2, 3
 OUTLINE = (255, 221, 0)          # dominant / kept patch outline
 MARKER_RING = (0, 0, 0)
 PANEL_MIN_PIXELS = 600           # panels are upscaled (nearest) to at least this size
-PAD, GAP, TOP, BOTTOM, DPI = 12, 24, 96, 64, 100
-TINT = 0.55                      # share of the token colour in a merged patch
+PAD, GAP, BOTTOM, DPI = 12, 24, 64, 100
+# The header: title, question and answer lines (wrapped to the picture's width; a text
+# longer than its lines ends in "..."), then the two-line panel titles.
+TITLE_LINES, QUESTION_LINES, ANSWER_LINES = 2, 3, 2
+LINE_PX, PANEL_TITLE_PX = 16, 34
+TOP = 8 + LINE_PX * (TITLE_LINES + QUESTION_LINES + ANSWER_LINES) + 8 + PANEL_TITLE_PX
+CHAR_PX = 7.2                    # a generous average glyph width at 9-10 pt, 100 dpi
 
 
 def group_color(j: int) -> tuple:
-    """Colour of contextual token j (golden-ratio hues: neighbours differ)."""
-    r, g, b = colorsys.hsv_to_rgb((j * 0.618033988749895) % 1.0, 0.85, 0.95)
+    """Colour of contextual token j (golden-ratio hues: neighbours differ; none near the
+    yellow of the dominant outline)."""
+    hue = (j * 0.618033988749895) % 1.0
+    if abs(hue - 0.145) < 0.06:
+        hue = (hue + 0.5) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
     return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
 
 
@@ -47,11 +56,6 @@ def grey_out(rgb: np.ndarray) -> np.ndarray:
     lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     g = np.round(90.0 + 0.35 * lum).astype(np.uint8)
     return np.repeat(g[..., None], 3, axis=-1)
-
-
-def tint(rgb: np.ndarray, color) -> np.ndarray:
-    mixed = (1.0 - TINT) * rgb.astype(np.float32) + TINT * np.asarray(color, np.float32)
-    return np.round(mixed).astype(np.uint8)
 
 
 def input_image(pixel_values: np.ndarray, mean: Sequence[float],
@@ -163,12 +167,14 @@ def render_panel(image: np.ndarray, role: np.ndarray, group: np.ndarray, patch_s
     px_role = np.where(inside, role[patch], DROPPED)
     px_group = np.where(inside, group[patch], -1)
     out = np.where((px_role == DROPPED)[..., None], grey_out(big), big)
-    for j in np.unique(px_group[px_group >= 0]):
-        sel = (px_group == j) & ((px_role == ANCHOR) | (px_role == MEMBER))
-        out[sel] = tint(big[sel], group_color(int(j)))
     fy, fx = ys % cell, xs % cell
     border = max(1, cell // 24)
     edge = (fy < border) | (fy >= cell - border) | (fx < border) | (fx >= cell - border)
+    wide = max(2, cell // 12)        # merged patches: a wider outline in the token's colour
+    wide_edge = (fy < wide) | (fy >= cell - wide) | (fx < wide) | (fx >= cell - wide)
+    merged = (px_role == ANCHOR) | (px_role == MEMBER)
+    for j in np.unique(px_group[merged & (px_group >= 0)]):
+        out[merged & wide_edge & (px_group == j)] = group_color(int(j))
     out[(px_role == DOMINANT) & edge] = OUTLINE
     half, c = max(1, cell // 7), cell // 2
     ring = (np.abs(fy - c) <= half + max(1, border)) & (np.abs(fx - c) <= half + max(1, border))
@@ -182,7 +188,9 @@ def render_panel(image: np.ndarray, role: np.ndarray, group: np.ndarray, patch_s
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Pixel geometry of a kept-token PNG (top-left origin, as the file is read)."""
+    """Pixel geometry of a kept-token PNG (top-left origin, as the file is read):
+    the input image, then `num_panels` token panels (stage 1 or the input's tokens
+    first, then one per Stage-2 boundary)."""
     width: int
     height: int
     panel_size: int
@@ -190,8 +198,8 @@ class Layout:
     num_panels: int
 
     def panel_origin(self, i: int) -> tuple:
-        """(x, y) of panel i's top-left pixel."""
-        return (PAD + i * (self.panel_size + GAP), TOP)
+        """(x, y) of token panel i's top-left pixel (i = -1: the input image)."""
+        return (PAD + (i + 1) * (self.panel_size + GAP), TOP)
 
     def patch_center(self, i: int, patch: int, grid: int) -> tuple:
         """(row, col) pixel at the centre of patch `patch` in panel i."""
@@ -203,7 +211,7 @@ class Layout:
 def layout_for(image_size: int, patch_size: int, num_panels: int) -> Layout:
     scale = panel_scale(image_size)
     size = image_size * scale
-    width = 2 * PAD + num_panels * size + (num_panels - 1) * GAP
+    width = 2 * PAD + (num_panels + 1) * size + num_panels * GAP
     return Layout(width, TOP + size + BOTTOM, size, patch_size * scale, num_panels)
 
 
@@ -213,8 +221,9 @@ def _legend_handles(with_stage1: bool):
     kept = "dominant (kept as is)" if with_stage1 else "kept patch"
     handles = [Patch(facecolor="none", edgecolor=np.array(OUTLINE) / 255, linewidth=2, label=kept)]
     if with_stage1:
-        handles += [Patch(facecolor=np.array(group_color(0)) / 255,
-                          label="merged into a contextual token (one colour per token)"),
+        handles += [Patch(facecolor="none", edgecolor=np.array(group_color(0)) / 255,
+                          linewidth=2, label="merged into a contextual token (one colour per "
+                                             "token)"),
                     Line2D([], [], marker="s", linestyle="none", markersize=9,
                            markerfacecolor=np.array(group_color(0)) / 255,
                            markeredgecolor="black", label="anchor of that token")]
@@ -222,11 +231,49 @@ def _legend_handles(with_stage1: bool):
     return handles
 
 
+def wrap_lines(text: str, width_px: float, max_lines: int, measure=None) -> list:
+    """`text` wrapped to `width_px` (newlines kept, words split only when one alone is too
+    wide), at most `max_lines` lines; a longer text ends in "..." on the last line.
+    measure(str) -> its width in pixels (default: CHAR_PX per character)."""
+    measure = measure or (lambda t: len(t) * CHAR_PX)
+    fits = lambda t: measure(t) <= width_px   # noqa: E731
+
+    def split_word(word):                     # longest prefixes that fit, one by one
+        parts = []
+        while word:
+            n = max(1, max((k for k in range(1, len(word) + 1) if fits(word[:k])), default=1))
+            parts.append(word[:n])
+            word = word[n:]
+        return parts
+
+    lines = []
+    for para in str(text).splitlines() or [""]:
+        line = ""
+        for word in para.split():
+            for piece in ([word] if fits(word) else split_word(word)):
+                candidate = f"{line} {piece}" if line else piece
+                if fits(candidate):
+                    line = candidate
+                else:
+                    lines.append(line)
+                    line = piece
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and not fits(last + "..."):
+            last = last[:-1]
+        lines[-1] = last.rstrip() + "..."
+    return lines
+
+
 def save_kept_picture(path: str, image: np.ndarray, patch_size: int, block: BlockMap, *,
                       kept: Sequence[np.ndarray] = (), boundaries: Sequence[int] = (),
-                      with_stage1: bool, title: str) -> Layout:
+                      with_stage1: bool, title: str, question: str = "",
+                      answer: Optional[str] = None) -> Layout:
     """Write the PNG; returns its Layout. image uint8 [S, S, 3]; kept: per boundary
-    [n_s] indices (relative to the previous block); boundaries: LM layer per entry."""
+    [n_s] indices (relative to the previous block); boundaries: LM layer per entry;
+    question / answer: the prompt's text and the model's answer, shown under the title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -243,30 +290,49 @@ def save_kept_picture(path: str, image: np.ndarray, patch_size: int, block: Bloc
                       f"({merged} patches merged, {int(np.sum(role == DROPPED))} of {n} dropped)")
     else:
         titles.append(f"input: {block.num_rows} image tokens ({n} patches{cls})")
-    panels.append(render_panel(image, role, group, patch_size, panel_scale(image.shape[0])))
+    scale = panel_scale(image.shape[0])
+    panels.append(render_panel(image, role, group, patch_size, scale))
     for layer, rows in zip(boundaries, surviving_rows(kept, block.num_rows)):
         r_role, r_group = patch_roles(block, rows)
         seen = int(np.sum(r_role != DROPPED))
         cls = " + CLS" if cls_kept(block, rows) else ""
         titles.append(f"after LM layer {layer}: {len(rows)} of {block.num_rows} tokens kept\n"
                       f"({seen} of {n} patches still seen{cls})")
-        panels.append(render_panel(image, r_role, r_group, patch_size, panel_scale(image.shape[0])))
+        panels.append(render_panel(image, r_role, r_group, patch_size, scale))
     layout = layout_for(image.shape[0], patch_size, len(panels))
     fig = Figure(figsize=(layout.width / DPI, layout.height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
     fig.patch.set_facecolor("white")
-    for i, (panel, text) in enumerate(zip(panels, titles)):
+    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    for i, (panel, text) in enumerate([(big, "the model's input image\n(padded and resized)"),
+                                       *zip(panels, titles)], start=-1):
         x0, _ = layout.panel_origin(i)
         # figimage places raw pixels (no resampling); yo counts from the bottom.
         fig.figimage(panel, xo=x0, yo=BOTTOM, origin="upper")
         fig.text((x0 + layout.panel_size / 2) / layout.width,
                  (BOTTOM + layout.panel_size + 6) / layout.height, text, ha="center",
                  va="bottom", fontsize=9)
-    wrapped = "\n".join(textwrap.wrap(title, width=max(30, layout.width // 8)))
-    fig.text(0.5, 1 - 6 / layout.height, wrapped, ha="center", va="top", fontsize=10,
-             weight="bold")
-    ncol = 4 if layout.num_panels > 1 else 2
-    fig.legend(handles=_legend_handles(with_stage1), loc="lower center", ncol=ncol, fontsize=8,
+    renderer = fig.canvas.get_renderer()
+
+    def measure(size, weight):
+        def width(text):
+            t = fig.text(0, 0, text, fontsize=size, weight=weight)
+            w = t.get_window_extent(renderer).width
+            t.remove()
+            return w
+        return width
+
+    text_px = layout.width - 2 * PAD
+    parts = [(title, TITLE_LINES, 10, "bold"), (f"Q: {question}" if question else None,
+                                                QUESTION_LINES, 9, "normal"),
+             (None if answer is None else f"A: {answer}", ANSWER_LINES, 9, "normal")]
+    header = [(line, size, weight) for text, most, size, weight in parts if text is not None
+              for line in wrap_lines(text, text_px, most, measure(size, weight))]
+    for k, (line, size, weight) in enumerate(header):
+        fig.text(PAD / layout.width, 1 - (8 + k * LINE_PX) / layout.height, line, ha="left",
+                 va="top", fontsize=size, weight=weight)
+    handles = _legend_handles(with_stage1)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
                frameon=False, bbox_to_anchor=(0.5, 2 / layout.height))
     fig.savefig(path, dpi=DPI)
     return layout

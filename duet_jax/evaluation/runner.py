@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from typing import Optional
 
@@ -102,7 +101,9 @@ def load_model(path: str, dtype: str):
     """duet_jax.load_llava with load errors turned into one-line ScoreErrors."""
     import duet_jax
     try:
-        return duet_jax.load_llava(path, dtype=dtype)
+        model = duet_jax.load_llava(path, dtype=dtype)
+        model.tokenizer     # a missing tokenizer is a load error, not one in mid-run
+        return model
     except (OSError, ValueError, KeyError) as e:
         message = " ".join(str(e).splitlines())
         raise ScoreError(f"cannot load the model from {path}: {message}") from None
@@ -167,7 +168,7 @@ def safe_name(value) -> str:
 
 
 def _save_kept(model, spec: RunSpec, question: Question, index: int, batch: dict, row: int,
-               forward) -> None:
+               forward, answer: str) -> None:
     from . import kept_tokens as kt
     from duet_jax.reduction import average_visual_tokens
     cfg, red = model.config, spec.reduction
@@ -196,13 +197,12 @@ def _save_kept(model, spec: RunSpec, question: Question, index: int, batch: dict
     path = os.path.join(spec.kept_dir, f"{index:05d}_{safe_name(question.question_id)}.png")
     kt.save_kept_picture(path, image, cfg.vision.patch_size, block, kept=kept,
                          boundaries=boundaries[:len(kept)], with_stage1=merge is not None,
-                         title=title)
+                         title=title, question=question.text, answer=answer)
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, mininterval=1.0,
-                dynamic_ncols=True)
+    from duet_jax.progress import progress_bar
+    return progress_bar(total=total, desc=desc, unit="q")
 
 
 def generate_answers(model, spec: RunSpec, questions: list[Question], pending: list[int],
@@ -234,14 +234,15 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
             for row, i in enumerate(idxs):
                 text = model.tokenizer.decode(out_tokens[row, :lengths[row]],
                                               skip_special_tokens=True)
-                writer.write(answer_record(questions[i], clean_output(text, spec.benchmark),
+                text = clean_output(text, spec.benchmark)
+                writer.write(answer_record(questions[i], text,
                                            model_id=spec.model_id, answer_id=answer_id(spec, i)))
                 if has_image and i < spec.save_kept and model.kept_pictures \
                         and spec.benchmark != "video":
-                    _save_kept(model, spec, questions[i], i, batch, row, out.forward)
+                    _save_kept(model, spec, questions[i], i, batch, row, out.forward, text)
             tokens += int(lengths[:len(idxs)].sum())
-            bar.update(len(idxs))
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):.1f} tok/s")
+            bar.update(len(idxs))
     finally:
         bar.close()
         writer.close()

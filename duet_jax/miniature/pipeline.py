@@ -20,12 +20,14 @@ from typing import Callable, Tuple
 from duet_jax.miniature import evaluate, presets, report, training
 from duet_jax.miniature.dataset import DataConfig, generate
 from duet_jax.miniature.tower import TowerConfig
+from duet_jax.resources import bundled_config, package_path
 
-REPO = training.REPO
-SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
-CONFIGS = {"text": "configs/miniature-text.yaml", "pretrain": "configs/miniature.yaml",
-           "finetune-full": "configs/miniature-finetune.yaml",
-           "finetune-duet": "configs/miniature-finetune-duet.yaml"}
+SHIPPED = package_path("miniature", "pretrained")
+# The stages' recipes, bundled with the package (duet_jax/configs/); the paths come by --set.
+CONFIGS = {"text": bundled_config("miniature-text.yaml"),
+           "pretrain": bundled_config("miniature.yaml"),
+           "finetune-full": bundled_config("miniature-finetune.yaml"),
+           "finetune-duet": bundled_config("miniature-finetune-duet.yaml")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,8 @@ class PipelineConfig:
 
 
 def _abs(path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(REPO, path)
+    """A workdir / out path given on the command line: relative to the working directory."""
+    return os.path.abspath(path)
 
 
 def num_text_layers(checkpoint: str) -> int:
@@ -88,7 +91,7 @@ def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict
     """Stage 0 (tower), 0b (text only) and 1 (train.py, tower frozen) from scratch, cached."""
     from duet_jax.miniature.tower import pretrain_tower
     runs = os.path.join(_abs(cfg.workdir), "runs")
-    config = _abs(CONFIGS["pretrain"])
+    config = CONFIGS["pretrain"]
     # The tower sees the training scenes, not their questions.
     data_id = training.digest({"seed": cfg.data.seed, "train_images": cfg.data.train_images})
     tower_dir = os.path.join(runs, "tower")
@@ -110,7 +113,7 @@ def pretrained_base(cfg: PipelineConfig, data_dir: str, data: list, log) -> dict
     for name, what, stage_data in stages:
         log("  " + what)
         previous = training.run_stage(
-            _abs(CONFIGS[name]), os.path.join(runs, name),
+            CONFIGS[name], os.path.join(runs, name),
             stage_data + [f"model.checkpoint={previous['final']}"] + list(cfg.pretrain_overrides),
             log=log, quiet=cfg.quiet_training, in_process=cfg.in_process,
             upstream=training.digest([previous["digest"], questions_id(cfg)]))
@@ -126,7 +129,7 @@ def train_all(cfg: PipelineConfig, data_dir: str, log) -> dict:
     shipped = os.path.join(cfg.pretrained, "model.safetensors")
     log("[2/4] training (cached under " + os.path.join(cfg.workdir, "runs") + ")")
     if not cfg.from_scratch and os.path.isfile(shipped):
-        log(f"  stages 0-1: the pretrained miniature shipped in {os.path.relpath(cfg.pretrained)} "
+        log(f"  stages 0-1: the pretrained miniature shipped in {training._shown(cfg.pretrained)} "
             "(rebuild it with --from-scratch; see its provenance.json)")
         out["pretrain"] = {"final": cfg.pretrained, "skipped": True, "seconds": None,
                            "step_s": None, "digest": training.digest(shipped)}
@@ -135,7 +138,7 @@ def train_all(cfg: PipelineConfig, data_dir: str, log) -> dict:
     ckpt = [f"model.checkpoint={out['pretrain']['final']}"]
     log("  stage 2: tower frozen, projector + LM fine-tuned, at full tokens and with DUET")
     for stage in ("finetune-full", "finetune-duet"):
-        out[stage] = training.run_stage(_abs(CONFIGS[stage]), os.path.join(runs, stage),
+        out[stage] = training.run_stage(CONFIGS[stage], os.path.join(runs, stage),
                                         data + ckpt + list(cfg.finetune_overrides), log=log,
                                         quiet=cfg.quiet_training, in_process=cfg.in_process,
                                         upstream=training.digest([out["pretrain"]["digest"],
@@ -150,7 +153,7 @@ def evaluate_all(cfg: PipelineConfig, data_dir: str, trained: dict, num_layers: 
     configs = {"unreduced": None, evaluate.BLIND: None}
     for cfgs in table_presets.values():
         configs.update({c.name: c for _, c in cfgs if c is not None})
-    duet_cfg = check_trained_reduction(_abs(CONFIGS["finetune-duet"]), cfg.trained_budget,
+    duet_cfg = check_trained_reduction(CONFIGS["finetune-duet"], cfg.trained_budget,
                                        num_layers)
     trained_name = f"trained-{duet_cfg.name}"
     results = {}

@@ -1,4 +1,5 @@
-"""Train the miniature in stages with `python train.py` (one subprocess per stage).
+"""Train the miniature in stages with `duet-train` (`python -m duet_jax.training.cli`, what
+`python train.py` runs; one subprocess per stage).
 
 * ``pretrain``: projector + LM from scratch on the stage-0 tower (frozen, as
   CLIP in LLaVA), unreduced: the miniature's stand-in for LLaVA pretraining.
@@ -23,9 +24,10 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
+from duet_jax.resources import child_env
+
 DONE = "miniature_done.json"
 IDENTITY = "miniature_identity.json"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def read_metrics(run_dir: str, name: str = "metrics.jsonl") -> List[dict]:
@@ -86,14 +88,20 @@ def digest(identity) -> str:
     return h.hexdigest()[:16]
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
 def train_command(config: str, run_dir: str, overrides: Sequence[str]) -> List[str]:
-    return [sys.executable, os.path.join(REPO, "train.py"), "--config", config,
+    return [sys.executable, "-m", "duet_jax.training.cli", "--config", config,
             "--set", f"output_dir={run_dir}", *[a for o in overrides for a in ("--set", o)]]
 
 
 def run_stage(config: str, run_dir: str, overrides: Sequence[str], *, log=print,
               quiet: bool = False, in_process: bool = False, upstream: str = "") -> dict:
-    """Run (or skip / resume) one `python train.py` stage.
+    """Run (or skip / resume) one `duet-train` stage.
 
     in_process: call the function train.py calls (duet_jax.training.loop.train)
     in this process instead of a subprocess (the toy-scale test: no second
@@ -105,18 +113,18 @@ def run_stage(config: str, run_dir: str, overrides: Sequence[str], *, log=print,
         identity = {"config": f.read(), "overrides": list(overrides), "upstream": upstream}
 
     def work():
-        log(f"  $ python train.py --config {os.path.relpath(config)} "
+        log(f"  $ duet-train --config {_shown(config)} "
             + " ".join(f"--set {o}" for o in [f"output_dir={run_dir}", *overrides]))
         if in_process:
             from duet_jax.training.config import load_config
             from duet_jax.training.loop import train
             train(load_config(config, [f"output_dir={run_dir}", *overrides]), progress=not quiet)
             return
-        result = subprocess.run(command, cwd=REPO, text=True,
+        result = subprocess.run(command, env=child_env(), text=True,
                                 stdout=subprocess.PIPE if quiet else None,
                                 stderr=subprocess.STDOUT if quiet else None)
         if result.returncode != 0:
             tail = (result.stdout or "")[-2000:] if quiet else ""
-            raise RuntimeError(f"train.py failed (exit {result.returncode}) for {config}\n{tail}")
+            raise RuntimeError(f"duet-train failed (exit {result.returncode}) for {config}\n{tail}")
 
     return cached(run_dir, identity, work)

@@ -53,10 +53,10 @@ def prepare_assets(cfg: TrainConfig, records) -> str:
 
 
 def load_tokenizer(directory: str):
-    from transformers import AutoTokenizer
+    from duet_jax.data.tokenize import load_tokenizer as load
 
     try:
-        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        return load(directory)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load a tokenizer from {directory}: {e}; set model.tokenizer "
                           "to a directory with tokenizer files") from None

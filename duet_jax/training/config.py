@@ -2,10 +2,13 @@
 
     cfg = load_config("configs/tiny.yaml", ["optim.lr=1e-4", "max_steps=5"])
 
-A YAML file may name a `base:` file (relative to itself) whose keys it
-overrides section by section. Override values are parsed as YAML (`[1, 2]`,
-`null`, `true`) and coerced to the declared field type. Any unknown key, in a
-file or an override, raises `ConfigError` naming the closest valid keys.
+A YAML file may name a `base:` file (relative to itself, or `duet_jax://...`) whose
+keys it overrides section by section. Paths written in a file (PATH_KEYS) resolve
+against that file's folder, or inside the package for `duet_jax://...`
+(`duet_jax.resources.resolve_path`); `--set` paths against the working directory.
+Override values are parsed as YAML (`[1, 2]`, `null`, `true`) and coerced to the
+declared field type. Any unknown key, in a file or an override, raises `ConfigError`
+naming the closest valid keys.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import typing
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import yaml
+
+from duet_jax.resources import resolve_path
 
 
 class ConfigError(ValueError):
@@ -248,6 +253,28 @@ def _merge(base: dict, top: Mapping) -> dict:
     return out
 
 
+# Config keys that hold file or folder paths.
+PATH_KEYS = ("output_dir", "compilation_cache_dir", "model.checkpoint", "model.vision_tower",
+             "model.tokenizer", "data.train_json", "data.image_folder")
+
+
+def resolve_paths(raw: Mapping, base_dir: Optional[str]) -> dict:
+    """`raw` with its PATH_KEYS resolved (`duet_jax.resources.resolve_path`)."""
+    out = dict(raw)
+    for key in PATH_KEYS:
+        *sections, leaf = key.split(".")
+        node = out
+        for name in sections:
+            if not isinstance(node.get(name), Mapping):
+                break
+            child = node[name] = dict(node[name])   # copy: the caller's dict stays as read
+            node = child
+        else:
+            if leaf in node:
+                node[leaf] = resolve_path(node[leaf], base_dir)
+    return out
+
+
 def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> dict:
     """A YAML config as a dict, with its `base:` chain merged in."""
     path = os.path.abspath(path)
@@ -259,11 +286,11 @@ def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> dict:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: a config file must hold a mapping")
-    raw = dict(raw)
+    raw = resolve_paths(raw, os.path.dirname(path))
     base = raw.pop("base", None)
     if base is None:
         return raw
-    return _merge(read_yaml(os.path.join(os.path.dirname(path), base), _seen + (path,)), raw)
+    return _merge(read_yaml(resolve_path(str(base), os.path.dirname(path)), _seen + (path,)), raw)
 
 
 def parse_override(text: str) -> Tuple[str, Any]:
@@ -285,7 +312,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
             child = node.get(part)
             node[part] = dict(child) if isinstance(child, Mapping) else {}
             node = node[part]
-        node[parts[-1]] = value
+        node[parts[-1]] = resolve_path(value, None) if key in PATH_KEYS else value
     return out
 
 

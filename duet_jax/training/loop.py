@@ -187,7 +187,7 @@ def _run_steps(run: Run, log: MetricsLog, bar) -> Optional[dict]:
 
 def train(cfg: TrainConfig, progress: Optional[bool] = None) -> dict:
     """Run (or resume) the training described by `cfg`; returns a summary dict."""
-    from tqdm import tqdm
+    from duet_jax.progress import progress_bar
 
     _setup_runtime(cfg)
     main = jax.process_index() == 0
@@ -197,8 +197,8 @@ def train(cfg: TrainConfig, progress: Optional[bool] = None) -> dict:
     run = setup(cfg)
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     log = MetricsLog(metrics_path, run.start_step, enabled=main)
-    bar = tqdm(total=run.total_steps, initial=run.start_step, desc="train", unit="step",
-               disable=(not main) if progress is None else not progress, dynamic_ncols=True)
+    bar = progress_bar(total=run.total_steps, initial=run.start_step, desc="train", unit="step",
+                       enabled=main if progress is None else progress)
     if run.start_step and main:
         print(f"resumed from {run.checkpoints.directory}/{run.start_step}", flush=True)
     try:

@@ -107,9 +107,12 @@ def _check_panel(pic, layout, panel, rows):
             assert tuple(pic["png"][y0 + r * layout.cell, x0 + c * layout.cell]) == kt.OUTLINE
         elif kind == "anchor":
             assert tuple(pixel) == kt.group_color(j), (panel, p)
-        elif kind == "member":
-            mixed = (1 - kt.TINT) * original + kt.TINT * np.array(kt.group_color(j))
-            assert _close(pixel, mixed), (panel, p)
+        elif kind == "member":      # its own colours, outlined in the token's colour
+            assert _close(pixel, original), (panel, p)
+            x0, y0 = layout.panel_origin(panel)
+            r, c = divmod(p, grid)
+            assert tuple(pic["png"][y0 + r * layout.cell, x0 + c * layout.cell]) == \
+                kt.group_color(j), (panel, p)
         else:
             assert pixel[0] == pixel[1] == pixel[2], (panel, p)       # grey
             lum = original @ np.array([0.299, 0.587, 0.114])
@@ -132,3 +135,33 @@ def test_png_size_and_pixels_match_the_merge_result(picture):
         rows = rows[kept]
         _check_panel(picture, layout, 1 + s, rows)
     assert len(picture["kept"][0]) == k // 2 and len(picture["kept"][1]) == 0
+    # Left of the panels: the model's input image itself, untouched.
+    x0, y0 = layout.panel_origin(-1)
+    grid = cfg.vision.image_size // cfg.vision.patch_size
+    for p in range(0, grid * grid, 37):
+        y, x = layout.patch_center(-1, p, grid)
+        assert _close(picture["png"][y, x], picture["colours"][p // grid, p % grid]), p
+
+
+def test_header_shows_question_and_answer_uncut(tmp_path):
+    """Title, question and answer lines are drawn inside the picture (long ones wrapped,
+    too long ones end in '...'), above the panel titles."""
+    lines = kt.wrap_lines("word " * 400, 700, 3)
+    assert len(lines) == 3 and lines[-1].endswith("...") and all(len(x) <= 700 / kt.CHAR_PX
+                                                                  for x in lines)
+    image = np.full((56, 56, 3), 200, np.uint8)
+    block = kt.block_map(16)
+    path = str(tmp_path / "k.png")
+    long_title = "llava15-duet-64 - question 'COCO_val2014_000000000042': " + "x" * 150
+    layout = kt.save_kept_picture(path, image, 14, block, with_stage1=False, title=long_title,
+                                  question="Is there a dog in the image?\nAnswer the question "
+                                           "using a single word or phrase.", answer="Yes")
+    png = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    ink = png.sum(-1) < 300                         # dark text pixels
+    header = ink[:kt.TOP - kt.PANEL_TITLE_PX - 8]
+    rows = np.flatnonzero(header.any(1))
+    # 2 title lines + 2 question lines + 1 answer line, each its own band of ink
+    bands = 1 + int(np.sum(np.diff(rows) > 2))
+    assert bands == 5, bands
+    assert not ink[:, :kt.PAD - 4].any() and not ink[:, -(kt.PAD - 4):].any()  # nothing cut
+    assert png.shape[:2] == (layout.height, layout.width)

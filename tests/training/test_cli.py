@@ -60,3 +60,24 @@ def test_batch_and_mesh_mismatches(capsys, assets_dir, tmp_path):
     assert code == 2 and "fewer than one global batch of 64" in line
     code, line = _main(capsys, assets_dir, tmp_path, "mesh.data=16")
     assert code == 2 and line.startswith("error: mesh:") and "needs 16 devices" in line
+
+
+def test_config_paths_resolve_against_the_config_not_the_working_directory(assets_dir, tmp_path):
+    """`train.py --config /abs/configs/tiny.yaml` from another directory reads the data its
+    config names (duet_jax://...); a relative `--set output_dir` lands in the working directory."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.training.conftest import ROOT
+
+    own_paths = ("data.train_json=", "data.image_folder=")
+    overrides = [o for o in SMALL if not o.startswith(own_paths)]
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", TINY_YAML]
+    for o in [*overrides, f"model.tokenizer={assets_dir}", "max_steps=1", "mesh.data=1",
+              "micro_batch_size=4", "global_batch_size=4", "output_dir=out"]:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done: 1 steps" in proc.stdout
+    assert (tmp_path / "out" / "metrics.jsonl").is_file()
