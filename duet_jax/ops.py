@@ -1,16 +1,15 @@
 """Array operations shared by `duet_jax.models` and `duet_jax.reduction`.
 
 One home for the pieces both layers compute the same way (HF conventions):
-RMSNorm, rotate-half RoPE (tables and rotation), and the label value that marks
-an unsupervised token. Nothing here imports a model or a reduction module.
+RMSNorm and rotate-half RoPE (tables and rotation); the label value of an
+unsupervised token lives in `duet_jax.labels` (no JAX). Nothing here imports a
+model or a reduction module.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-IGNORE_INDEX = -100   # label of a token that is not supervised (HF / PyTorch ignore_index)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float, *, cast_scale: bool = True) -> jax.Array:

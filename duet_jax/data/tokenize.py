@@ -10,7 +10,7 @@ Two layers:
   (`expand_image_placeholders`), labels -100 on the block.
 
 `tokenizer` is any HF tokenizer object (called as `tokenizer(text).input_ids`);
-nothing here imports torch (`IGNORE_INDEX` comes from `duet_jax.ops`, its one home).
+nothing here imports torch or JAX (`IGNORE_INDEX` comes from `duet_jax.labels`, its one home).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from duet_jax.data.conversation import IMAGE_TOKEN, build_training_conversation, get_template
-from duet_jax.ops import IGNORE_INDEX
+from duet_jax.labels import IGNORE_INDEX
 
 IMAGE_PLACEHOLDER = -200     # LLaVA's IMAGE_TOKEN_INDEX
 

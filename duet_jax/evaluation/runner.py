@@ -188,7 +188,7 @@ def _save_kept(model, spec: RunSpec, question: Question, index: int, batch: dict
     boundaries = []
     if red is not None and red.stage2 is not None:
         counts = red.image_counts(block.num_rows)
-        # A boundary runs only while tokens remain (duet_jax.models.reduced).
+        # A boundary runs only while tokens remain (duet_jax.models.segments).
         boundaries = [l for s, l in enumerate(red.stage2.layers) if counts[s] > 0]
     avg = average_visual_tokens(red, cfg.vision.num_patches, cfg.text.num_hidden_layers)
     title = (f"{spec.reduction_name} - question {question.question_id!r}: {block.num_rows} image "

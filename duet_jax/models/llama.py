@@ -26,6 +26,10 @@ class LlamaAttention(nn.Module):
     config: TextConfig
     dtype: jnp.dtype = jnp.float32
 
+    def use_bias(self, name: str) -> bool:
+        """Whether projection `name` has a bias (Llama: all four or none; Qwen2 overrides)."""
+        return self.config.attention_bias
+
     @nn.compact
     def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
         """x [B, T, D]; mask [B, 1, T, S] bool; kv_cache (k, v) each [B, S, KV, hd].
@@ -38,7 +42,8 @@ class LlamaAttention(nn.Module):
         cfg = self.config
         b, t, _ = x.shape
         h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        dense = lambda n, name: nn.Dense(n, use_bias=cfg.attention_bias, dtype=self.dtype, name=name)
+        dense = lambda n, name: nn.Dense(n, use_bias=self.use_bias(name), dtype=self.dtype,
+                                         name=name)
         q = apply_rope(dense(h * hd, "q_proj")(x).reshape(b, t, h, hd), cos, sin)
         k = apply_rope(dense(kv * hd, "k_proj")(x).reshape(b, t, kv, hd), cos, sin)
         v = dense(kv * hd, "v_proj")(x).reshape(b, t, kv, hd)
@@ -48,9 +53,7 @@ class LlamaAttention(nn.Module):
         new_kv = (k, v)
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
                                            scale=hd ** -0.5)
-        out = nn.Dense(cfg.hidden_size, use_bias=cfg.attention_bias, dtype=self.dtype,
-                       name="o_proj")(out.reshape(b, t, h * hd))
-        return out, new_kv
+        return dense(cfg.hidden_size, "o_proj")(out.reshape(b, t, h * hd)), new_kv
 
 
 class LlamaMLP(nn.Module):

@@ -18,7 +18,7 @@ from duet_jax.models.common import ACTIVATIONS, unstack_layers
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llama import PARAM_AXES as LLAMA_PARAM_AXES, LlamaModel
 from duet_jax.models.segments import Sequence, run_language_model
-from duet_jax.ops import IGNORE_INDEX
+from duet_jax.labels import IGNORE_INDEX
 
 
 class ImageFeatures(NamedTuple):

@@ -33,7 +33,7 @@ from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
 from duet_jax.models.llava import PARAM_AXES as LLAVA_PARAM_AXES, Forward, ImageFeatures, LlavaModel
 from duet_jax.models.segments import Sequence, run_language_model
-from duet_jax.ops import IGNORE_INDEX
+from duet_jax.labels import IGNORE_INDEX
 
 
 @jax.tree_util.register_pytree_node_class

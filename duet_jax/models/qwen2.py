@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.models.llama import PARAM_AXES as _LLAMA_AXES, LlamaDecoderLayer, LlamaModel
+from duet_jax.models.llama import (PARAM_AXES as _LLAMA_AXES, LlamaAttention, LlamaDecoderLayer,
+                                   LlamaModel)
 from duet_jax.models.rope import rope_parameters
 from duet_jax.ops import apply_rope, rms_norm, rope_cos_sin
 from duet_jax.reduction.stage2 import query_window, scores_from_qk, take_rows
@@ -38,27 +38,11 @@ def mrope_cos_sin(positions: jax.Array, inv_freq, section: tuple, dtype) -> tupl
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
-class Qwen2Attention(nn.Module):
+class Qwen2Attention(LlamaAttention):
     """Llama attention with q/k/v biases and a bias-free o_proj."""
-    config: object
-    dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
-        """x [B, T, D]; mask [B, 1, T, S]; kv_cache (k, v) [B, S, KV, hd] -> (out, (k, v))."""
-        cfg = self.config
-        b, t, _ = x.shape
-        h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        dense = lambda n, name, bias=True: nn.Dense(n, use_bias=bias, dtype=self.dtype, name=name)
-        q = apply_rope(dense(h * hd, "q_proj")(x).reshape(b, t, h, hd), cos, sin)
-        k = apply_rope(dense(kv * hd, "k_proj")(x).reshape(b, t, kv, hd), cos, sin)
-        v = dense(kv * hd, "v_proj")(x).reshape(b, t, kv, hd)
-        if kv_cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, 1)
-            v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, 1)
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                                           scale=hd ** -0.5)
-        return dense(cfg.hidden_size, "o_proj", False)(out.reshape(b, t, h * hd)), (k, v)
+    def use_bias(self, name: str) -> bool:
+        return name != "o_proj"
 
 
 class Qwen2DecoderLayer(LlamaDecoderLayer):

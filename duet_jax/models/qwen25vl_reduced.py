@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from duet_jax.models.qwen25vl import Qwen25VLModel
 from duet_jax.models.qwen_vision import stage1_inputs, vision_forward
 from duet_jax.models.segments import Sequence, gather_sequence, run_language_model
-from duet_jax.ops import IGNORE_INDEX
+from duet_jax.labels import IGNORE_INDEX
 from duet_jax.reduction.stage1_nocls import vision_merge_in_place
 from duet_jax.reduction.stage2 import drop_gather_index
 

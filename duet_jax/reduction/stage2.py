@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duet_jax.ops import IGNORE_INDEX, apply_rope, default_rope_inv_freq, rms_norm, rope_cos_sin
+from duet_jax.labels import IGNORE_INDEX
+from duet_jax.ops import apply_rope, default_rope_inv_freq, rms_norm, rope_cos_sin
 
 POSITION_MODES = ("renumber", "keep")
 

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from duet_jax.models.config import LlavaConfig
-from duet_jax.ops import IGNORE_INDEX
+from duet_jax.labels import IGNORE_INDEX
 from duet_jax.reduction.queries import train_query_mask_host
 from duet_jax.sharding import DEFAULT_RULES
 from duet_jax.training.config import ConfigError

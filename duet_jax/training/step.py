@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from duet_jax.models.llava import PARAM_AXES, LlavaModel
-from duet_jax.ops import IGNORE_INDEX
+from duet_jax.labels import IGNORE_INDEX
 from duet_jax.sharding import param_shardings
 from duet_jax.training.batching import StepLayout, stacked_sharding
 
