@@ -7,6 +7,8 @@ model or a reduction module.
 """
 from __future__ import annotations
 
+from typing import Sequence, Tuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,3 +55,18 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, *, float32: bool = 
     rotated = jnp.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)
     out = xr * cos + rotated * sin
     return out.astype(x.dtype) if float32 else out
+
+
+# Host-side (Python ints): the AnyRes pinpoint choice, used by the LLaVA-NeXT layout
+# (models/anyres.py) and by the resolution buckets of the data pipeline.
+def select_best_resolution(size_hw: Tuple[int, int], pinpoints: Sequence) -> Tuple[int, int]:
+    """transformers' `select_best_resolution`: most effective, then least wasted pixels."""
+    oh, ow = (int(v) for v in size_hw)
+    best, best_eff, best_waste = None, 0, float("inf")
+    for h, w in pinpoints:
+        scale = min(w / ow, h / oh)
+        eff = min(int(ow * scale) * int(oh * scale), ow * oh)
+        waste = w * h - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (h, w), eff, waste
+    return best

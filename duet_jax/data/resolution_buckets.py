@@ -57,7 +57,7 @@ def next_bucket_size(height: int, width: int, pinpoints: Iterable,
                      steps: int = NEXT_FRACTIONS) -> Tuple[int, int]:
     """Canonical (height, width) for a LLaVA-NeXT image: the image's best pinpoint
     (HF's choice), with the content's share of the short side rounded to 1/steps."""
-    from duet_jax.models.anyres import select_best_resolution
+    from duet_jax.ops import select_best_resolution
     ph, pw = select_best_resolution((height, width), pinpoints)
     scale = min(ph / height, pw / width)          # the processor fits the image inside
     fh, fw = height * scale / ph, width * scale / pw

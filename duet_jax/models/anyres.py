@@ -13,11 +13,12 @@ Each crop gives `N = h * w` patch features (h = w = S // patch_size).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence, Tuple
+from typing import Any, Mapping, Tuple
 
 import numpy as np
 
 from duet_jax.models.config import LlavaConfig
+from duet_jax.ops import select_best_resolution
 
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
@@ -56,19 +57,6 @@ class LlavaNextConfig(LlavaConfig):
         out.update(model_type="llava_next", architectures=["LlavaNextForConditionalGeneration"],
                    image_grid_pinpoints=[list(p) for p in self.image_grid_pinpoints])
         return out
-
-
-def select_best_resolution(size_hw: Tuple[int, int], pinpoints: Sequence) -> Tuple[int, int]:
-    """transformers' `select_best_resolution`: most effective, then least wasted pixels."""
-    oh, ow = (int(v) for v in size_hw)
-    best, best_eff, best_waste = None, 0, float("inf")
-    for h, w in pinpoints:
-        scale = min(w / ow, h / oh)
-        eff = min(int(ow * scale) * int(oh * scale), ow * oh)
-        waste = w * h - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (h, w), eff, waste
-    return best
 
 
 def grid_shape(cfg: LlavaNextConfig, size_hw) -> Tuple[int, int]:
