@@ -100,11 +100,16 @@ class Handle:
 
     def images_only(self, prompts: Sequence[str], images: Optional[Sequence],
                     videos: Optional[Sequence]) -> list:
-        """The per-prompt images of an image-only family (None entries: text-only)."""
+        """The per-prompt images of an image-only family (None entries: text-only);
+        ValueError unless there is one per prompt."""
         if videos is not None:
             raise ValueError(f"{type(self).__name__} reads images only; pass images= (one per "
                              "prompt, None for text-only), not videos=")
-        return [None] * len(prompts) if images is None else list(images)
+        images = [None] * len(prompts) if images is None else list(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
+                             "(or None) per prompt")
+        return images
 
     def encode(self, prompts: Sequence[str], images: Optional[Sequence] = None,
                videos: Optional[Sequence] = None) -> dict:

@@ -105,9 +105,6 @@ class Llava(Handle):
         from duet_jax.data.images import preprocess_image
         from duet_jax.data.tokenize import right_pad, tokenize_prompt
         images = self.images_only(prompts, images, videos)
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
-                             "(or None) per prompt")
         from duet_jax.data.salient import salient_token_mask
         cfg, size = self.config, self.config.vision.image_size
         ids, pixels, fulls = [], [], []

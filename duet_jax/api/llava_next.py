@@ -81,7 +81,7 @@ class LlavaNext(Llava):
         from duet_jax.data.salient import salient_token_mask
         from duet_jax.data.tokenize import expand_image_placeholders, right_pad
         images = self.images_only(prompts, images, videos)
-        if len(prompts) != len(images) or any(im is None for im in images):
+        if any(im is None for im in images):
             raise ValueError("LLaVA-NeXT batches need exactly one image per prompt")
         from duet_jax.data.resolution_buckets import resize
         pil = [load_image(im) if isinstance(im, str) else im.convert("RGB") for im in images]

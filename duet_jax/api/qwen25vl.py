@@ -139,9 +139,6 @@ class Qwen25VL(Handle):
         input_ids, attention_mask, has_image, pixel_values (every image's patches in
         prompt order, or None) and image_grid_thw [n, 3]."""
         images = self.images_only(prompts, images, videos)
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
-                             "(or None) per prompt")
         batch = collate([self.encode_one(p, im, bucket=bucket) for p, im in zip(prompts, images)],
                         self.pad_id)
         return {**batch, "has_image": np.array([im is not None for im in images])}
@@ -172,9 +169,6 @@ class Qwen25VL(Handle):
         (with `bucket`, one resolution bucket) run together, `batch_size` at a time, each
         batch right-padded to a multiple of `length_bucket` tokens."""
         images = self.images_only(prompts, images, videos)
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images; pass one image "
-                             "(or None) per prompt")
         encoded = [self.encode_one(p, im, bucket=bucket) for p, im in zip(prompts, images)]
         groups: dict = {}
         for i, enc in enumerate(encoded):
