@@ -50,3 +50,29 @@ def test_scripts_exit_2_with_the_usage(command):
                           timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and lines[0].startswith("error: ") and lines[1].startswith("usage:")
+
+
+def test_failures_past_the_arguments_are_one_line_with_their_exit_code(capsys, monkeypatch):
+    from duet_jax.checkpoints.reader import CheckpointError
+    from duet_jax.cli import guarded
+    from duet_jax.data.llava_json import RecordError
+    from duet_jax.evaluation.io import ScoreError
+    from duet_jax.training.config import ConfigError
+
+    def raise_(error):
+        raise error
+
+    monkeypatch.delenv("DUET_DEBUG", raising=False)
+    for error in (ConfigError("c"), RecordError("r"), CheckpointError("k"), ScoreError("s")):
+        assert guarded(raise_, error) == 2
+    assert guarded(raise_, PermissionError(13, "Permission denied", "/x/y")) == 1
+    assert guarded(raise_, ZeroDivisionError("division by zero")) == 1
+    assert guarded(raise_, KeyboardInterrupt(), undone="no output was written") == 130
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[4] == "error: Permission denied (/x/y)"
+    assert lines[5].startswith("error: ZeroDivisionError: division by zero (set DUET_DEBUG=1")
+    assert lines[6] == "error: interrupted; no output was written"
+    assert len(lines) == 7 and all(line.startswith("error: ") for line in lines)
+    monkeypatch.setenv("DUET_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        guarded(raise_, ZeroDivisionError("x"))

@@ -18,6 +18,8 @@ from typing import Iterator, Optional, Sequence
 import ml_dtypes
 import numpy as np
 
+from duet_jax.errors import InputError
+
 SAFETENSORS_DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16),
@@ -30,7 +32,7 @@ _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint problem the user can fix; the message is one line naming the fix."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from duet_jax.errors import InputError
 from duet_jax.data.conversation import IMAGE_TOKEN, get_template
 from duet_jax.data.images import preprocess_image, processor_output_shape
 from duet_jax.data.tokenize import TrainingExample, encode_training
@@ -28,7 +29,7 @@ from duet_jax.data.tokenize import TrainingExample, encode_training
 ROLES = ("human", "gpt")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A malformed LLaVA-JSON record; the message starts with `record <index>`."""
 
 

@@ -10,8 +10,10 @@ import json
 import os
 from typing import Any
 
+from duet_jax.errors import InputError
 
-class ScoreError(Exception):
+
+class ScoreError(InputError):
     """Bad scorer input; the message is one line naming the problem and the fix."""
 
 

@@ -22,8 +22,10 @@ import yaml
 
 from duet_jax.resources import resolve_path
 
+from duet_jax.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A bad config key or value; the message says which and how to fix it."""
 
 
