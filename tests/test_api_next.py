@@ -41,7 +41,10 @@ def test_load_encode_logits_generate_match_transformers(ckpt):
         logits = np.asarray(model.logits(batch["input_ids"][b:b + 1, :n],
                                          batch["pixel_values"].pixels[b:b + 1],
                                          image_sizes=[batch["pixel_values"].sizes[b]]))[0]
-        np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
+        # 1e-4 plus 1e-4 relative: logits reach |3| here and fp32 sums in another order
+        # (XLA's vs oneDNN's kernels, which differ between CPUs) move the last bits of
+        # the large ones by ~1.2e-4 on some machines; any real error is orders above that
+        np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)
         assert answers[b] == proc.tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
