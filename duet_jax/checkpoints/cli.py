@@ -6,9 +6,10 @@ work). `python -m duet_jax.checkpoints.cli` runs it too.
     python -m convert --src LLAVA_DIR --vision-tower CLIP_DIR --dst OUT_DIR
     python -m convert --src OUT_DIR --dst HF_DIR --to hf
 
-Every failure prints one line `error: ...` on stderr and exits non-zero: 2 for a
-usage error or a checkpoint problem the user can fix (unknown, missing or
-duplicate weights, shape mismatches, an existing --dst, ...), 1 for anything else.
+Every failure prints one line `error: ...` on stderr (`duet_jax.cli.guarded`) and exits
+non-zero: 2 for a usage error or a checkpoint problem the user can fix (unknown, missing or
+duplicate weights, shape mismatches, a truncated orbax file, an existing --dst, ...), 1 for
+the machine (disk full, permission) or anything else. Nothing is left at --dst then.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import re
 import sys
 from typing import Optional
 
-from duet_jax.cli import Parser
+from duet_jax.cli import Parser, guarded, quiet_libraries
 
 PROG = "duet-convert"
 
@@ -53,37 +54,30 @@ def build_parser(prog: str = PROG) -> Parser:
     return p
 
 
+def _convert(args) -> int:
+    from duet_jax.checkpoints import convert
+
+    if args.to == "hf":
+        info = convert.export_hf(args.src, args.dst, dtype=args.dtype,
+                                 vision_tower=args.vision_tower,
+                                 max_shard_bytes=args.max_shard_size)
+        print(f"exported {info['source']} checkpoint to {args.dst}: {info['tensors']} tensors "
+              f"in {info['shards']} shard(s), {info['bytes'] / 2**20:.1f} MiB, "
+              f"dtype {info['dtype'] or 'mixed'}")
+    else:
+        info = convert.convert_to_orbax(args.src, args.dst, dtype=args.dtype,
+                                        vision_tower=args.vision_tower)
+        print(f"converted {info['source']} checkpoint to {args.dst}: {info['tensors']} "
+              f"leaves, {info['bytes'] / 2**20:.1f} MiB, dtype {info['dtype'] or 'mixed'}")
+    if info["assets"]:
+        print(f"copied {', '.join(info['assets'])}")
+    return 0
+
+
 def main(argv=None, prog: Optional[str] = None) -> int:
     args = build_parser(prog or PROG).parse_args(argv)
-    try:
-        from duet_jax.checkpoints import convert
-
-        if args.to == "hf":
-            info = convert.export_hf(args.src, args.dst, dtype=args.dtype,
-                                     vision_tower=args.vision_tower,
-                                     max_shard_bytes=args.max_shard_size)
-            print(f"exported {info['source']} checkpoint to {args.dst}: {info['tensors']} tensors "
-                  f"in {info['shards']} shard(s), {info['bytes'] / 2**20:.1f} MiB, "
-                  f"dtype {info['dtype'] or 'mixed'}")
-        else:
-            info = convert.convert_to_orbax(args.src, args.dst, dtype=args.dtype,
-                                            vision_tower=args.vision_tower)
-            print(f"converted {info['source']} checkpoint to {args.dst}: {info['tensors']} "
-                  f"leaves, {info['bytes'] / 2**20:.1f} MiB, dtype {info['dtype'] or 'mixed'}")
-        if info["assets"]:
-            print(f"copied {', '.join(info['assets'])}")
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except Exception as e:   # every failure is one line; the traceback helps no user
-        from duet_jax.checkpoints import CheckpointError
-
-        msg = " ".join(str(e).split()) or type(e).__name__
-        if not isinstance(e, (CheckpointError, OSError)):   # a bug or an odd file: name the type
-            msg = f"{type(e).__name__}: {msg}"
-        print(f"error: {msg}", file=sys.stderr)
-        return 2 if isinstance(e, CheckpointError) else 1
-    return 0
+    quiet_libraries()     # a failed save ends in our one line, not a hundred of orbax's
+    return guarded(_convert, args, undone="no output was written")
 
 
 if __name__ == "__main__":

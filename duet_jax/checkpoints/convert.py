@@ -41,13 +41,22 @@ def staged_output(dst: str):
             raise CheckpointError(f"{dst} already exists; remove it or choose another --dst")
         os.rmdir(dst)
     parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(dst)}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CheckpointError(f"--dst {dst} lies under a file, not a folder; choose a --dst "
+                              "inside a folder") from None
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
         yield tmp
         os.rename(tmp, dst)
+    except OSError as e:   # disk full / permission: name --dst, not the hidden staging dir
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno is None or (e.filename is not None and not str(e.filename).startswith(tmp)):
+            raise
+        raise OSError(e.errno, e.strerror, dst) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,7 +9,10 @@ A converted duet_jax directory (what `python -m convert` writes) is:
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -78,6 +81,62 @@ def cast_dtype(dtype) -> Optional[np.dtype]:
     return dt
 
 
+# TensorStore folds the OS error into its message: "... [os_error_code='28']"
+_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
+_ARRAY_PATH = re.compile(r"'path': '([^']+?)/?',\s*\}, 'metadata'")
+
+
+def orbax_failure(error: Exception, directory: str, reading: bool) -> Exception:
+    """The one-line error for an orbax/TensorStore failure at `directory`: an OS error it
+    wraps (disk full, permission) as that OSError naming the directory; a failed read as a
+    CheckpointError saying the data is truncated or corrupt and how to get it back; anything
+    else unchanged. Raise the result `from None`: the TensorStore spec helps no user."""
+    text = str(error)
+    code = _OS_ERROR_CODE.search(text)
+    if code and int(code.group(1)) in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT,
+                                       errno.EPERM, errno.EIO):
+        number = int(code.group(1))
+        return OSError(number, os.strerror(number), directory)
+    if reading and ("Encountered error while reading" in text or "DATA_LOSS" in text
+                    or "NOT_FOUND" in text or "OUT_OF_RANGE" in text):
+        array = _ARRAY_PATH.search(text)
+        which = f", array {array.group(1)}" if array else ""
+        return CheckpointError(f"cannot read the orbax params ({directory}{which}): a data file "
+                               "is truncated, corrupt or missing; convert the checkpoint again "
+                               "(python -m convert --src <HF dir> --dst <new dir>)")
+    return error
+
+
+@contextlib.contextmanager
+def _held_chatter():
+    """Hold back what orbax's worker threads print while saving or restoring: on a failed
+    save (disk full) each thread logs the same error and prints an "Event loop is closed"
+    traceback, a hundred lines before the one line the caller reports. Printed after a
+    success, or with DUET_DEBUG=1; dropped otherwise."""
+    import io
+    import logging
+    import sys
+
+    from duet_jax.cli import debug
+
+    held, real = io.StringIO(), sys.stderr
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    levels = [log.level for log in loggers]
+    sys.stderr = held
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        sys.stderr = real
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+        if ok or debug():
+            real.write(held.getvalue())
+
+
 def save_params(directory: str, params: Mapping) -> None:
     """Write `params` as an orbax checkpoint at `directory` (must not exist).
 
@@ -91,8 +150,15 @@ def save_params(directory: str, params: Mapping) -> None:
                    for x in flatten_tree(params).values()), default=0)
     in_flight_gb = max(largest + 1, 64 * 2 ** 20) / 1e9   # orbax counts GB as 1e9 bytes
     handler = ocp.StandardCheckpointHandler(save_concurrent_gb=in_flight_gb)
-    with ocp.Checkpointer(handler) as ckptr:
-        ckptr.save(os.path.abspath(directory), args=ocp.args.StandardSave(params))
+    try:
+        with _held_chatter():
+            with ocp.Checkpointer(handler) as ckptr:
+                ckptr.save(os.path.abspath(directory), args=ocp.args.StandardSave(params))
+    except Exception as e:   # TensorStore wraps ENOSPC etc. in ValueError / Exception
+        failure = orbax_failure(e, directory, reading=False)
+        if failure is e:
+            raise
+        raise failure from None
 
 
 def params_metadata(directory: str) -> dict:
@@ -126,8 +192,14 @@ def restore_params(directory: str, dtype=None, shardings: Optional[Mapping] = No
     target = {p: jax.ShapeDtypeStruct(shape, dt if dt is not None else stored,
                                       sharding=placement[p] or default)
               for p, (shape, stored) in meta.items()}
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(os.path.abspath(directory), unflatten_tree(target))
+    try:
+        with _held_chatter(), ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(os.path.abspath(directory), unflatten_tree(target))
+    except Exception as e:   # TensorStore raises a bare Exception for a truncated file
+        failure = orbax_failure(e, directory, reading=True)
+        if failure is e:
+            raise
+        raise failure from None
 
 
 def leaf_nbytes(tree: Mapping[Any, Any]) -> int:
