@@ -33,19 +33,20 @@ DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
 
 
 @contextlib.contextmanager
-def staged_output(dst: str):
-    """Yield a temp dir next to `dst`; rename it to `dst` on success, delete it on failure."""
+def staged_output(dst: str, flag: str = "--dst"):
+    """Yield a temp dir next to `dst`; rename it to `dst` on success, delete it on failure.
+    `flag`: the command-line option that named `dst`, for the error messages."""
     dst = os.path.abspath(dst)
     if os.path.exists(dst):
         if not os.path.isdir(dst) or os.listdir(dst):
-            raise CheckpointError(f"{dst} already exists; remove it or choose another --dst")
+            raise CheckpointError(f"{dst} already exists; remove it or choose another {flag}")
         os.rmdir(dst)
     parent = os.path.dirname(dst)
     tmp = os.path.join(parent, f".{os.path.basename(dst)}.partial-{os.getpid()}")
     try:
         os.makedirs(parent, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise CheckpointError(f"--dst {dst} lies under a file, not a folder; choose a --dst "
+        raise CheckpointError(f"{flag} {dst} lies under a file, not a folder; choose a {flag} "
                               "inside a folder") from None
     shutil.rmtree(tmp, ignore_errors=True)
     try:
