@@ -264,3 +264,16 @@ def test_sweep_checks_everything_before_making_its_folders(pope, models, tmp_pat
     assert _eval(*base, tmp_path / "sweep", "--model", tmp_path / "no-model") == 2
     assert "cannot load the model" in _one_error(capsys)
     assert not os.path.exists(tmp_path / "sweep")
+
+
+# ---- duet-demo (shares the same reporting) -------------------------------------------------
+def test_demo_checks_presets_and_workdir_before_any_work(tmp_path, capsys):
+    from duet_jax.demo import main
+
+    assert main(["--workdir", str(tmp_path / "w"), "--presets", "llava15-duet-65"]) == 2
+    assert "--presets llava15-duet-65: unknown reduction preset" in _one_error(capsys)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["--workdir", str(blocker), "--no-miniature"]) == 2
+    assert f"--workdir {blocker} is a file" in _one_error(capsys)
+    assert os.listdir(tmp_path) == ["a-file"]
