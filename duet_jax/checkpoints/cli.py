@@ -14,6 +14,7 @@ the machine (disk full, permission) or anything else. Nothing is left at --dst t
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Optional
@@ -27,7 +28,10 @@ def _size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*", text.upper())
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB or 200MB")
-    return int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2) or " "))
+    size = int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2) or " "))
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a shard must hold at least one byte")
+    return size
 
 
 def build_parser(prog: str = PROG) -> Parser:
@@ -55,7 +59,17 @@ def build_parser(prog: str = PROG) -> Parser:
 
 
 def _convert(args) -> int:
-    from duet_jax.checkpoints import convert
+    from duet_jax.checkpoints import CheckpointError, convert
+    from duet_jax.checkpoints.load import checkpoint_kind
+
+    if args.vision_tower is not None:     # used by original LLaVA sources only: never ignored
+        if not os.path.isdir(args.vision_tower):
+            raise CheckpointError(f"--vision-tower {args.vision_tower} is not a directory; pass "
+                                  "the CLIP checkpoint directory")
+        if checkpoint_kind(args.src) != "original":
+            raise CheckpointError(f"--vision-tower is for an original LLaVA --src (which names "
+                                  f"its CLIP tower); {args.src} holds its vision tower: drop "
+                                  "--vision-tower")
 
     if args.to == "hf":
         info = convert.export_hf(args.src, args.dst, dtype=args.dtype,

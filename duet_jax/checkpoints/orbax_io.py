@@ -130,11 +130,46 @@ def _held_chatter():
         yield
         ok = True
     finally:
+        if ok or debug():
+            real.write(held.getvalue())
+        else:
+            _drop_closed_loop_reports()
         sys.stderr = real
         for log, level in zip(loggers, levels):
             log.setLevel(level)
-        if ok or debug():
-            real.write(held.getvalue())
+
+
+_CLOSED_LOOP_REPORTS = [0]     # how many late "Event loop is closed" reports were dropped
+
+
+def _closed_loop(error) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _drop_closed_loop_reports(settle_s: float = 0.3, limit_s: float = 3.0) -> None:
+    """After a failed save, TensorStore's I/O threads still finishing call back into orbax's
+    closed event loop; Python reports each `RuntimeError('Event loop is closed')` through
+    sys.excepthook, tracebacks after the caller's one line. Those reports (only those) are
+    dropped from then on, and this waits (at most `limit_s`) until none came for `settle_s`,
+    so none races the interpreter's exit, where no hook applies any more."""
+    import sys
+    import time
+
+    previous = sys.excepthook
+    if not getattr(previous, "drops_closed_loop", False):
+        def hook(kind, error, tb):
+            if _closed_loop(error):
+                _CLOSED_LOOP_REPORTS[0] += 1
+            else:
+                previous(kind, error, tb)
+        hook.drops_closed_loop = True
+        sys.excepthook = hook
+    start = time.monotonic()
+    seen, quiet_since = _CLOSED_LOOP_REPORTS[0], start
+    while time.monotonic() - quiet_since < settle_s and time.monotonic() - start < limit_s:
+        time.sleep(0.05)
+        if _CLOSED_LOOP_REPORTS[0] != seen:
+            seen, quiet_since = _CLOSED_LOOP_REPORTS[0], time.monotonic()
 
 
 def save_params(directory: str, params: Mapping) -> None:
@@ -165,13 +200,20 @@ def params_metadata(directory: str) -> dict:
     """{path: (shape, dtype)} of a saved params checkpoint, without reading any array."""
     import orbax.checkpoint as ocp
 
+    fix = "convert the checkpoint again (python -m convert --src <HF dir> --dst <new dir>)"
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"the orbax params folder {directory} is missing; {fix}")
     try:
         with ocp.StandardCheckpointer() as ckptr:
             meta = ckptr.metadata(os.path.abspath(directory))
     except Exception as e:  # orbax raises assorted types for a damaged directory
-        raise CheckpointError(f"cannot read the orbax params at {directory}: {e}") from None
+        raise CheckpointError(f"cannot read the orbax params at {directory}: "
+                              f"{' '.join(str(e).split())[:200]}; {fix}") from None
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, Mapping) or not tree:
+        raise CheckpointError(f"cannot read the orbax params at {directory}: its _METADATA is "
+                              f"missing or corrupt; {fix}")
     return {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in flatten_tree(tree).items()}
 
 

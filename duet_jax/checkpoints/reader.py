@@ -90,8 +90,13 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
             if len(raw) < 8:
                 raise CheckpointError(f"{path} is not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", raw)
-            if n > min(_MAX_HEADER, size - 8):
-                raise CheckpointError(f"{path} is not a valid safetensors file (header length {n})")
+            if n > _MAX_HEADER:
+                raise CheckpointError(f"{path} is not a valid safetensors file (header length "
+                                      f"{n} is implausible: corrupt, or another format); "
+                                      "re-download it")
+            if n > size - 8:
+                raise CheckpointError(f"{path} is truncated ({size} bytes, its header alone "
+                                      f"needs {n + 8}); re-download it")
             header = json.loads(f.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read safetensors header of {path}: {e}") from None

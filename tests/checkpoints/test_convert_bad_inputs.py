@@ -185,3 +185,49 @@ def test_real_full_disk_in_a_subprocess(sources, small_tmpfs, to):
     assert proc.stderr.splitlines() == [
         f"error: No space left on device ({dst}); no output was written"]
     assert os.listdir(small_tmpfs) == []
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("no_params", "the orbax params folder {src}/params is missing"),
+    ("bad_metadata", "cannot read the orbax params at {src}/params: its _METADATA is missing or "
+                     "corrupt"),
+])
+def test_converted_dir_without_readable_params(sources, tmp_path, capfd, damage, needle):
+    src = str(tmp_path / damage)
+    shutil.copytree(sources["converted"], src)
+    if damage == "no_params":
+        shutil.rmtree(os.path.join(src, "params"))
+    else:
+        with open(os.path.join(src, "params", "_METADATA"), "w") as f:
+            f.write("garbage")
+    rc, line = _convert(capfd, "--src", src, "--dst", tmp_path / "out", "--to", "hf")
+    assert rc == 2 and needle.format(src=src) in line and "convert the checkpoint again" in line
+    _nothing_at(tmp_path / "out")
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("truncated", "is truncated (5000 bytes, its header alone needs"),
+    ("garbage", "is not a valid safetensors file (header length"),
+])
+def test_damaged_safetensors(sources, tmp_path, capfd, case, needle):
+    src = str(tmp_path / case)
+    shutil.copytree(sources["hf"], src)
+    weights = os.path.join(src, "model.safetensors")
+    if case == "truncated":
+        os.truncate(weights, 5000)
+    else:
+        with open(weights, "wb") as f:
+            f.write(b"\xff" * 1000)
+    rc, line = _convert(capfd, "--src", src, "--dst", tmp_path / "out")
+    assert rc == 2 and f"{weights} {needle}" in line and "re-download it" in line, line
+    _nothing_at(tmp_path / "out")
+
+
+def test_vision_tower_is_never_silently_ignored(sources, tmp_path, capfd):
+    rc, line = _convert(capfd, "--src", sources["hf"], "--vision-tower", tmp_path / "nope",
+                        "--dst", tmp_path / "out")
+    assert rc == 2 and f"--vision-tower {tmp_path}/nope is not a directory" in line
+    rc, line = _convert(capfd, "--src", sources["hf"], "--vision-tower", sources["hf"],
+                        "--dst", tmp_path / "out")
+    assert rc == 2 and "--vision-tower is for an original LLaVA --src" in line
+    _nothing_at(tmp_path / "out")
