@@ -54,13 +54,27 @@ def staged_output(dst: str, flag: str = "--dst"):
         yield tmp
         os.rename(tmp, dst)
     except OSError as e:   # disk full / permission: name --dst, not the hidden staging dir
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_staging(tmp)
         if e.errno is None or (e.filename is not None and not str(e.filename).startswith(tmp)):
             raise
         raise OSError(e.errno, e.strerror, dst) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_staging(tmp)
         raise
+
+
+def _remove_staging(tmp: str, settle_s: float = 0.3, limit_s: float = 3.0) -> None:
+    """Remove a failed output's staging dir, and again while it reappears: after a failed
+    orbax save, TensorStore I/O threads still finishing recreate its folders for a moment."""
+    import time
+
+    start = quiet_since = time.monotonic()
+    shutil.rmtree(tmp, ignore_errors=True)
+    while time.monotonic() - quiet_since < settle_s and time.monotonic() - start < limit_s:
+        time.sleep(0.05)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            quiet_since = time.monotonic()
 
 
 def copy_assets(sources: list, dst: str) -> list:
