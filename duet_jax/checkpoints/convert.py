@@ -21,7 +21,7 @@ from duet_jax.checkpoints.load import (checkpoint_kind, family_of, plan_conversi
                                        read_converted_dir)
 from duet_jax.checkpoints.orbax_io import (MARKER, PARAMS_SUBDIR, cast_dtype, flatten_tree,
                                            leaf_nbytes, params_metadata, restore_params,
-                                           save_params, unflatten_tree)
+                                           save_params, unflatten_tree, wait_until_quiet)
 from duet_jax.checkpoints.plan import export_entries, read_params
 from duet_jax.checkpoints.reader import CheckpointError, write_safetensors
 
@@ -66,15 +66,14 @@ def staged_output(dst: str, flag: str = "--dst"):
 def _remove_staging(tmp: str, settle_s: float = 0.3, limit_s: float = 3.0) -> None:
     """Remove a failed output's staging dir, and again while it reappears: after a failed
     orbax save, TensorStore I/O threads still finishing recreate its folders for a moment."""
-    import time
+    def reappeared() -> bool:
+        if not os.path.exists(tmp):
+            return False
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True
 
-    start = quiet_since = time.monotonic()
     shutil.rmtree(tmp, ignore_errors=True)
-    while time.monotonic() - quiet_since < settle_s and time.monotonic() - start < limit_s:
-        time.sleep(0.05)
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-            quiet_since = time.monotonic()
+    wait_until_quiet(reappeared, settle_s, limit_s)
 
 
 def copy_assets(sources: list, dst: str) -> list:

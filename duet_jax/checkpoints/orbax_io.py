@@ -153,7 +153,6 @@ def _drop_closed_loop_reports(settle_s: float = 0.3, limit_s: float = 3.0) -> No
     dropped from then on, and this waits (at most `limit_s`) until none came for `settle_s`,
     so none races the interpreter's exit, where no hook applies any more."""
     import sys
-    import time
 
     previous = sys.excepthook
     if not getattr(previous, "drops_closed_loop", False):
@@ -164,12 +163,25 @@ def _drop_closed_loop_reports(settle_s: float = 0.3, limit_s: float = 3.0) -> No
                 previous(kind, error, tb)
         hook.drops_closed_loop = True
         sys.excepthook = hook
-    start = time.monotonic()
-    seen, quiet_since = _CLOSED_LOOP_REPORTS[0], start
+    seen = [_CLOSED_LOOP_REPORTS[0]]
+
+    def new_reports() -> bool:
+        fresh, seen[0] = _CLOSED_LOOP_REPORTS[0] != seen[0], _CLOSED_LOOP_REPORTS[0]
+        return fresh
+    wait_until_quiet(new_reports, settle_s, limit_s)
+
+
+def wait_until_quiet(activity, settle_s: float = 0.3, limit_s: float = 3.0) -> None:
+    """Poll `activity()` (True: something happened since the last call) until it stays False
+    for `settle_s`, at most `limit_s`: how a failed orbax save waits out TensorStore's I/O
+    threads, which cannot be joined from Python."""
+    import time
+
+    start = quiet_since = time.monotonic()
     while time.monotonic() - quiet_since < settle_s and time.monotonic() - start < limit_s:
         time.sleep(0.05)
-        if _CLOSED_LOOP_REPORTS[0] != seen:
-            seen, quiet_since = _CLOSED_LOOP_REPORTS[0], time.monotonic()
+        if activity():
+            quiet_since = time.monotonic()
 
 
 def save_params(directory: str, params: Mapping) -> None:
