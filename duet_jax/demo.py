@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from duet_jax.cli import Parser
+from duet_jax.cli import Parser, guarded
 from duet_jax.resources import child_env, package_path
 
 ASSET = package_path("data", "assets", "demo.png")
@@ -122,6 +122,20 @@ def main(argv=None) -> int:
     ap.add_argument("--from-scratch", action="store_true",
                     help="retrain the miniature's stages 0-1 instead of the shipped checkpoint")
     args = ap.parse_args(argv)
+    return guarded(_demo, args)
+
+
+def _demo(args) -> int:
+    from duet_jax.errors import InputError
+    from duet_jax.reduction import resolve_reduction
+
+    for name in args.presets:      # before any work: a typo must not cost the agreement run
+        try:
+            resolve_reduction(name)
+        except ValueError as e:
+            raise InputError(f"--presets {name}: {' '.join(str(e).split())}") from None
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise InputError(f"--workdir {args.workdir} is a file; pass a folder")
     t0 = time.perf_counter()
     if importlib.util.find_spec("torch") is None:
         print("skipped the agreement check with PyTorch: torch is not installed "

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from duet_jax.cli import Parser
+from duet_jax.cli import Parser, guarded, quiet_libraries
 from duet_jax.resources import package_path
 
 IMAGE_SIZE, PATCH_SIZE = 336, 14
@@ -87,7 +87,7 @@ def random_params(model_cfg, seed: int = 0) -> dict:
 
 
 def build(out: str, *, seed: int = 0, text_layers: int = 32, text_width: int = 64,
-          vision_layers: int = 3, vision_width: int = 32) -> dict:
+          vision_layers: int = 3, vision_width: int = 32, flag: str = "--out") -> dict:
     """Write the tiny HF checkpoint to `out` (which must not exist or be empty)."""
     from transformers import AutoTokenizer
 
@@ -102,7 +102,7 @@ def build(out: str, *, seed: int = 0, text_layers: int = 32, text_width: int = 6
             image_token_index=int(tok.convert_tokens_to_ids("<image>")),
             pad_token_id=tok.pad_token_id)
         params = random_params(model_cfg, seed)
-        with staged_output(out) as stage:
+        with staged_output(out, flag) as stage:
             info = write_hf(stage, params, model_cfg.to_hf(), [(assets, None)],
                             source="duet_jax.tiny", progress=False)
     return dict(info, config=model_cfg)
@@ -149,20 +149,40 @@ def main(argv: Optional[list] = None) -> int:
                    help="checkpoint directory to write (must not exist, or be empty)")
     p.add_argument("--pope", metavar="DIR", help="also write a few POPE questions here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-layers", type=int, default=32,
+    p.add_argument("--text-layers", type=_positive, default=32,
                    help="LM layers (default 32, LLaVA-1.5-7B's: the llava15-* presets drop "
                         "at layers 16 and 24)")
-    p.add_argument("--text-width", type=int, default=64)
+    p.add_argument("--text-width", type=_positive, default=64, help="LM hidden size")
     args = p.parse_args(argv)
-    from duet_jax.checkpoints.reader import CheckpointError
+    quiet_libraries()
+    return guarded(_write, args, undone="no checkpoint was written")
 
+
+def _positive(text: str) -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _write(args) -> int:
+    from duet_jax.errors import InputError
+    from duet_jax.evaluation.io import check_output_path
+
+    if args.pope:      # checked before the checkpoint is written, not after
+        check_output_path(args.pope, "--pope", folder=True)
     t0 = time.perf_counter()
     try:
         info = build(args.out, seed=args.seed, text_layers=args.text_layers,
                      text_width=args.text_width)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except ValueError as e:    # a size the configs refuse (e.g. --text-layers 0): bad input
+        if isinstance(e, InputError):
+            raise
+        raise InputError(" ".join(str(e).split())) from None
     cfg = info["config"]
     print(f"wrote a random LLaVA-1.5-shaped checkpoint to {args.out} in "
           f"{time.perf_counter() - t0:.1f} s: {cfg.vision.image_size} px / {cfg.vision.patch_size} "

@@ -100,3 +100,22 @@ def test_existing_output_is_one_line_and_exit_2(tiny, capsys):
     assert main(["--out", str(tiny / "llava-tiny")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "already exists" in err[0]
+
+
+def test_bad_sizes_and_pope_path_are_refused_before_writing(tmp_path, capsys):
+    """--pope is checked before the checkpoint is written (not after, leaving it behind);
+    a zero layer count is a usage error, not a model with no layers."""
+    from duet_jax.tiny import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["--out", str(tmp_path / "t"), "--pope", str(blocker / "pope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {blocker}/pope: lies under the file {blocker}; --pope must name a "
+                   "path in a folder; no checkpoint was written"]
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(tmp_path / "t"), "--text-layers", "0"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: argument --text-layers: '0' is not a positive integer")
+    assert os.listdir(tmp_path) == ["a-file"]

@@ -98,10 +98,63 @@ class Handle:
                                   constant_values=self.pad_id if fill is None else fill)
         return out
 
+    @staticmethod
+    def check_batch(prompts, **media) -> None:
+        """Every entry point takes a batch: `prompts` a list of strings, each of `media`
+        (images=, videos=) None or a list with one entry per prompt. A single string or
+        image is refused with TypeError (not read as a batch of characters or pixels):
+        `generate(["What?"], [image])` is the batch of one."""
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) \
+                or not all(isinstance(p, str) for p in prompts):
+            got = type(prompts).__name__ if isinstance(prompts, (str, bytes)) or not \
+                isinstance(prompts, Sequence) else "a list holding non-strings"
+            raise TypeError(f"prompts must be a list of strings (one per sample), got {got}; "
+                            "for one prompt pass generate(['What?'], [image])")
+        if not prompts:
+            raise ValueError("prompts is empty; pass at least one prompt")
+        for name, value in media.items():
+            if value is not None and (isinstance(value, (str, bytes, os.PathLike))
+                                      or not isinstance(value, (Sequence, np.ndarray))
+                                      or isinstance(value, np.ndarray) and value.ndim < 4):
+                raise TypeError(f"{name} must be a list with one entry per prompt (None for "
+                                f"text-only), got a single {type(value).__name__}; wrap it: "
+                                f"{name}=[...]")
+
+    @staticmethod
+    def check_generation(max_new_tokens, temperature: float = 0.0, top_p: float = 1.0) -> None:
+        """ValueError naming the argument, before any work: generation needs at least one
+        new token, a non-negative temperature and a top_p in (0, 1]."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+    @staticmethod
+    def check_pixels_used(input_ids, pixels, token_id: int, what: str = "image") -> None:
+        """ValueError when a sample carries pixels (non-zero) but its prompt holds no
+        `token_id` placeholder: the model would silently ignore that picture. Text-only
+        rows of an `encode` batch carry zeros and pass."""
+        if pixels is None:
+            return
+        ids = np.asarray(input_ids)
+        flat = np.asarray(pixels).reshape(ids.shape[0], -1) if np.size(pixels) else None
+        if flat is None:
+            return
+        unused = np.flatnonzero(np.any(flat != 0, axis=1) & ~np.any(ids == token_id, axis=1))
+        if unused.size:
+            raise ValueError(f"sample(s) {unused[:3].tolist()} carry {what} pixels but no {what} "
+                             f"tokens (id {token_id}) in input_ids, so the {what} would be "
+                             f"ignored; put <{what}> in the prompt (model.encode does), or pass "
+                             "zeros for a text-only sample")
+
     def images_only(self, prompts: Sequence[str], images: Optional[Sequence],
                     videos: Optional[Sequence]) -> list:
         """The per-prompt images of an image-only family (None entries: text-only);
         ValueError unless there is one per prompt."""
+        self.check_batch(prompts, images=images, videos=videos)
         if videos is not None:
             raise ValueError(f"{type(self).__name__} reads images only; pass images= (one per "
                              "prompt, None for text-only), not videos=")
@@ -122,6 +175,7 @@ class Handle:
     def _generate(self, module, params, batch: dict, pixels, red, *, max_new_tokens: int,
                   temperature: float, top_p: float, seed: int, media: str = "an image"):
         """`generate_tokens` on an encoded batch; Stage 2 needs `media` in every sample."""
+        self.check_generation(max_new_tokens, temperature, top_p)
         every = bool(np.all(batch["has_image"]))
         if red is not None and not every and red.stage2 is not None:
             raise ValueError(f"Stage-2 generation needs {media} in every sample of the batch; "
@@ -147,7 +201,10 @@ class Handle:
                  videos: Optional[Sequence] = None, *, max_new_tokens: int = 128,
                  reduction=None, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int = 0) -> list:
-        """Decoded, stripped answers (special tokens skipped), one per prompt."""
+        """Decoded, stripped answers (special tokens skipped), one per prompt. `prompts` is
+        a list (one string per sample), `images` / `videos` a list with one entry per prompt;
+        a single string or image is refused (TypeError): pass `["What?"], [image]`."""
+        self.check_generation(max_new_tokens, temperature, top_p)
         out = self.generate_batch(self.encode(prompts, images, videos),
                                   max_new_tokens=max_new_tokens, reduction=reduction,
                                   temperature=temperature, top_p=top_p, seed=seed)

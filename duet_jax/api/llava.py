@@ -91,6 +91,7 @@ class Llava(Handle):
         """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
         input_ids = jnp.asarray(input_ids)
         self.module.check_inputs(input_ids, pixel_values)
+        self.check_pixels_used(input_ids, pixel_values, self.config.image_token_index)
         return image_logits(self.module, self.params, input_ids, jnp.asarray(pixel_values),
                             attention_mask, self.reduction(reduction))
 

@@ -80,6 +80,11 @@ class Qwen25VL(Handle):
                              "returns it next to them)")
         grid = np.zeros((0, 3), np.int64) if image_grid_thw is None else image_grid_thw
         ids = np.asarray(input_ids)
+        if pixel_values is not None and np.size(pixel_values) \
+                and not np.any(ids == self.config.image_token_id):
+            raise ValueError(f"pixel_values given but input_ids hold no image tokens (id "
+                             f"{self.config.image_token_id}), so the image would be ignored; "
+                             "build the prompt with model.encode (its chat template places them)")
         pos, _ = rope_index(self.config, ids, grid, attention_mask)
         mask = None if attention_mask is None else jnp.asarray(attention_mask)
         logits, _ = reduced_logits(self.module, self.params, jnp.asarray(ids),
@@ -147,6 +152,7 @@ class Qwen25VL(Handle):
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         """Token-level generation on an encoded batch -> Generated (tokens [B, T], lengths [B])."""
         from duet_jax.generation.decode import generate_qwen
+        self.check_generation(max_new_tokens, temperature, top_p)
         ids = np.asarray(batch["input_ids"])
         mask = np.asarray(batch.get("attention_mask", np.ones(ids.shape, bool)), bool)
         grid = batch["image_grid_thw"]
@@ -168,6 +174,7 @@ class Qwen25VL(Handle):
         """Decoded, stripped answers, one per prompt. Prompts whose images share a grid
         (with `bucket`, one resolution bucket) run together, `batch_size` at a time, each
         batch right-padded to a multiple of `length_bucket` tokens."""
+        self.check_generation(max_new_tokens, temperature, top_p)
         images = self.images_only(prompts, images, videos)
         encoded = [self.encode_one(p, im, bucket=bucket) for p, im in zip(prompts, images)]
         groups: dict = {}

@@ -80,6 +80,8 @@ class VideoLlava(Handle):
         media, pixels = self._media(input_ids, pixel_values, pixel_values_videos)
         view = self.module.view(media)
         view.check_inputs(input_ids, pixels)
+        self.check_pixels_used(input_ids, pixels, self.config.media(media).image_token_index,
+                               media)
         return image_logits(view, view_params(self.params, media), input_ids, pixels,
                             attention_mask, self.reduction(reduction, media))
 
@@ -105,6 +107,7 @@ class VideoLlava(Handle):
         ([B, 3, H, W]) or pixel_values_videos ([B, F, 3, H, W]).
         """
         from duet_jax.data.tokenize import right_pad, tokenize_prompt
+        self.check_batch(prompts, images=images, videos=videos)
         if (images is None) == (videos is None):
             raise ValueError("pass images= or videos= (one per prompt, None for text-only): a "
                              "batch is all-image or all-video")

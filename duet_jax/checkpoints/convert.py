@@ -21,7 +21,7 @@ from duet_jax.checkpoints.load import (checkpoint_kind, family_of, plan_conversi
                                        read_converted_dir)
 from duet_jax.checkpoints.orbax_io import (MARKER, PARAMS_SUBDIR, cast_dtype, flatten_tree,
                                            leaf_nbytes, params_metadata, restore_params,
-                                           save_params, unflatten_tree)
+                                           save_params, unflatten_tree, wait_until_quiet)
 from duet_jax.checkpoints.plan import export_entries, read_params
 from duet_jax.checkpoints.reader import CheckpointError, write_safetensors
 
@@ -33,24 +33,47 @@ DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
 
 
 @contextlib.contextmanager
-def staged_output(dst: str):
-    """Yield a temp dir next to `dst`; rename it to `dst` on success, delete it on failure."""
+def staged_output(dst: str, flag: str = "--dst"):
+    """Yield a temp dir next to `dst`; rename it to `dst` on success, delete it on failure.
+    `flag`: the command-line option that named `dst`, for the error messages."""
     dst = os.path.abspath(dst)
     if os.path.exists(dst):
         if not os.path.isdir(dst) or os.listdir(dst):
-            raise CheckpointError(f"{dst} already exists; remove it or choose another --dst")
+            raise CheckpointError(f"{dst} already exists; remove it or choose another {flag}")
         os.rmdir(dst)
     parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(dst)}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CheckpointError(f"{flag} {dst} lies under a file, not a folder; choose a {flag} "
+                              "inside a folder") from None
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
         yield tmp
         os.rename(tmp, dst)
+    except OSError as e:   # disk full / permission: name --dst, not the hidden staging dir
+        _remove_staging(tmp)
+        if e.errno is None or (e.filename is not None and not str(e.filename).startswith(tmp)):
+            raise
+        raise OSError(e.errno, e.strerror, dst) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_staging(tmp)
         raise
+
+
+def _remove_staging(tmp: str, settle_s: float = 0.3, limit_s: float = 3.0) -> None:
+    """Remove a failed output's staging dir, and again while it reappears: after a failed
+    orbax save, TensorStore I/O threads still finishing recreate its folders for a moment."""
+    def reappeared() -> bool:
+        if not os.path.exists(tmp):
+            return False
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    wait_until_quiet(reappeared, settle_s, limit_s)
 
 
 def copy_assets(sources: list, dst: str) -> list:

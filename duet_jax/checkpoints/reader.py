@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
+import re
 import struct
+import warnings
 from typing import Iterator, Optional, Sequence
 
 import ml_dtypes
@@ -44,7 +45,7 @@ def read_json(path: str) -> dict:
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+        raise CheckpointError(f"{path} is not valid JSON ({e}); fix or replace the file") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{path} is not a JSON object")
     return d
@@ -89,8 +90,13 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
             if len(raw) < 8:
                 raise CheckpointError(f"{path} is not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", raw)
-            if n > min(_MAX_HEADER, size - 8):
-                raise CheckpointError(f"{path} is not a valid safetensors file (header length {n})")
+            if n > _MAX_HEADER:
+                raise CheckpointError(f"{path} is not a valid safetensors file (header length "
+                                      f"{n} is implausible: corrupt, or another format); "
+                                      "re-download it")
+            if n > size - 8:
+                raise CheckpointError(f"{path} is truncated ({size} bytes, its header alone "
+                                      f"needs {n + 8}); re-download it")
             header = json.loads(f.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read safetensors header of {path}: {e}") from None
@@ -197,24 +203,50 @@ def iter_safetensors(path: str, infos: Sequence[TensorInfo]) -> Iterator[tuple[s
             yield info.key, arr
 
 
+_LFS_POINTER = b"version https://git-lfs"
+_FIX_BIN = "re-download it, or convert it to safetensors where it was made"
+
+
+def _bin_problem(path: str, error: Exception) -> CheckpointError:
+    """What is wrong with a `.bin` torch.load refused, in words (torch's own message is a
+    page of advice about weights_only, or a bare "101" / "pop from empty list")."""
+    text = str(error)
+    glob = re.search(r"unsupported GLOBAL (\S+)", text)
+    if glob:
+        return CheckpointError(
+            f"{path} holds the pickled Python object {glob.group(1)}, and unpickling it could run "
+            "code; refusing it (re-save the weights as safetensors from a trusted environment)")
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    detail = (f"byte {operand.group(1)} is no pickle opcode torch accepts" if operand
+              else f"{type(error).__name__}: {' '.join(text.split())[:120] or 'no detail'}")
+    return CheckpointError(f"{path} is not a readable PyTorch weight file (truncated or corrupt: "
+                           f"{detail}); {_FIX_BIN}")
+
+
 def load_bin(path: str) -> dict:
     """A `.bin` state dict via `torch.load(weights_only=True)`; never runs pickled code."""
     import torch
 
+    with open(path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes); {_FIX_BIN}")
+    if head == _LFS_POINTER:
+        raise CheckpointError(f"{path} is a Git LFS pointer, not the weights; run `git lfs pull` "
+                              "in its folder (or download the file itself)")
     try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):   # legacy (non-zip) files cannot be memory-mapped
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{path} needs unpickling arbitrary Python objects, which could run code; refusing it "
-            "(re-save the weights as safetensors from a trusted environment)") from None
-    except Exception as e:  # torch raises many types for corrupt archives
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"cannot read {path}: {msg}") from None
+        with warnings.catch_warnings():   # torch warns on odd archives; the error says it all
+            warnings.simplefilter("ignore")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):   # legacy (non-zip) files cannot be memory-mapped
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise                  # permission, I/O: the machine, not the file's content
+    except Exception as e:     # torch raises many types for corrupt or hostile archives
+        raise _bin_problem(path, e) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -8,9 +8,10 @@
                          [--questions Q.jsonl] --summary SUMMARY.json
     python eval.py sweep ...   (several reductions of one benchmark; see --help)
 
-`score` never imports JAX (run/sweep import the generation code lazily). It exits 0
-when it has scored the run, 2 with one `error: ...` line (and no summary written)
-when the inputs are wrong.
+`score` never imports JAX (run/sweep import the generation code lazily). Every command
+exits 0 when done; otherwise it prints one `error: ...` line (`duet_jax.cli.guarded`) and
+exits 2 when an input is wrong (nothing written that blocks the corrected rerun), 1 when
+the machine is (disk full, permission).
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import importlib
 import sys
 from typing import Optional
 
-from duet_jax.cli import Parser
+from duet_jax.cli import EXIT_INPUT, Parser, guarded, quiet_libraries
 from duet_jax.evaluation.scoring import BENCHMARKS
 
-EXIT_ERROR = 2
+EXIT_ERROR = EXIT_INPUT
 PROG = "duet-eval"
 
 
@@ -134,12 +135,14 @@ def _report(benchmark: str, block: dict, summary: dict) -> str:
 
 
 def _score(args) -> int:
+    from duet_jax.evaluation.io import check_output_path
     from duet_jax.evaluation.scoring import ScoreError, score_benchmark, update_summary
 
     if args.benchmark not in BENCHMARKS:
         raise ScoreError(f"unknown benchmark {args.benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
     if args.benchmark != "video" and (args.judge_replies or args.judge_name):
         raise ScoreError("--judge-replies/--judge-name only apply to --benchmark video")
+    check_output_path(args.summary, "--summary")   # before the scoring work, not after it
     block = score_benchmark(args.benchmark, args.answers, args.annotations, args.questions,
                             judge_replies=args.judge_replies, judge_name=args.judge_name)
     summary = update_summary(args.summary, args.benchmark, block, args.baseline_summary)
@@ -159,14 +162,9 @@ def _sweep(args) -> int:
 
 def main(argv=None, prog: Optional[str] = None) -> int:
     args = build_parser(prog or PROG).parse_args(argv)
-    from duet_jax.evaluation.scoring import ScoreError
-
-    try:
-        return args.handler(args)
-    except ScoreError as e:
-        message = " ".join(str(e).splitlines())
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+    if args.command != "score":
+        quiet_libraries()     # a failed load or save ends in our one line, not orbax logging
+    return guarded(args.handler, args)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def check_media(benchmark: str, images_dir: str, questions: list[Question]) -> l
             if not os.path.isfile(path):
                 raise ScoreError(f"image file not found: {path} (question_id {q.question_id!r}); "
                                  "check --images and the question file's 'image' paths")
+            _check_image_header(path, q)
         return questions
     kept, missing, need_decoder = [], [], None
     for q in questions:
@@ -78,6 +79,16 @@ def check_media(benchmark: str, images_dir: str, questions: list[Question]) -> l
         print(f"warning: {len(missing)} video(s) not found under {images_dir} (e.g. "
               f"{missing[0]!r}); skipped, as the official inference script does")
     return kept
+
+
+def _check_image_header(path: str, question: Question) -> None:
+    """An empty or non-image file fails here, before the model loads (reads the header only)."""
+    try:
+        with Image.open(path):
+            pass
+    except OSError as e:     # PIL.UnidentifiedImageError is an OSError
+        raise ScoreError(f"{path}: cannot read the image (question_id {question.question_id!r}: "
+                         f"{' '.join(str(e).split())}); replace the file") from None
 
 
 def _decode_frames(path: str, wanted: int) -> list[Image.Image]:

@@ -23,7 +23,7 @@ from duet_jax.data.conversation import IMAGE_TOKEN, LLAVA_V1_SYSTEM, VICUNA_V1_S
 from duet_jax.data.frames import VIDEO_FRAMES
 
 from .io import ScoreError, read_json, read_jsonl
-from .scoring.common import LETTER_ANSWER, require_fields
+from .scoring.common import LETTER_ANSWER, require_fields, require_str
 
 STOP_STRING = "</s>"
 # model_vqa_loader's default (no script overrides it); model_vqa_science and the video
@@ -77,9 +77,39 @@ def build_prompt(question: Question) -> str:
     return f"{question.system} USER: {user_message(question)} ASSISTANT:"
 
 
+# the official question file of each JSON-list benchmark (docs/EVAL.md §5, §7)
+_JSON_FILES = {"sqa": "the JSON list llava_test_CQM-A.json",
+               "video": "the JSON list test_q.json (with test_a.json beside it)"}
+
+
+def _no_questions(path: str, benchmark: str) -> ScoreError:
+    return ScoreError(f"{path}: holds no questions; pass the {benchmark} question file "
+                      "(a run over nothing would look complete)")
+
+
+def _read_json_list(path: str, benchmark: str) -> list:
+    """A JSON-list question file; a JSON-lines file (the other benchmarks' format) is named
+    as such instead of failing at its second line."""
+    if path.endswith(".jsonl"):
+        raise ScoreError(f"{path}: --benchmark {benchmark} reads {_JSON_FILES[benchmark]}, not "
+                         "a JSON-lines file; pass that file (JSON lines are for "
+                         f"{', '.join(JSONL_BENCHMARKS)})")
+    items = read_json(path)
+    if not isinstance(items, list):
+        raise ScoreError(f"{path}: expected {_JSON_FILES[benchmark]}, got a JSON "
+                         f"{'object' if isinstance(items, dict) else type(items).__name__}")
+    if not items:
+        raise _no_questions(path, benchmark)
+    return items
+
+
 def _load_jsonl(benchmark: str, path: str) -> list[Question]:
     records = read_jsonl(path)
+    if not records:
+        raise _no_questions(path, benchmark)
     require_fields(path, records, ("question_id", "image", "text"))
+    for field in ("text", "image"):
+        require_str(path, records, field)
     return [Question(benchmark=benchmark, question_id=r["question_id"], text=r["text"],
                      answer_prompt=r["text"], image=r["image"], num_images=1,
                      category=r.get("category"), original_text=r["text"],
@@ -87,15 +117,16 @@ def _load_jsonl(benchmark: str, path: str) -> list[Question]:
 
 
 def _load_sqa(path: str) -> list[Question]:
-    problems = read_json(path)
-    if not isinstance(problems, list):
-        raise ScoreError(f"{path}: expected the ScienceQA JSON list (llava_test_CQM-A.json)")
+    problems = _read_json_list(path, "sqa")
     questions = []
     for i, p in enumerate(problems):
         try:
             pid, value = p["id"], p["conversations"][0]["value"]
         except (KeyError, IndexError, TypeError):
             raise ScoreError(f"{path}: entry {i} needs 'id' and conversations[0].value") from None
+        if not isinstance(value, str) or not isinstance(p.get("image", ""), str):
+            raise ScoreError(f"{path}: entry {i} (id {pid!r}): conversations[0].value and "
+                             "'image' must be strings")
         stripped = value.replace(IMAGE_TOKEN, "").strip()
         text = stripped + "\n" + LETTER_ANSWER
         has_image = "image" in p
@@ -114,9 +145,11 @@ def _load_video(path: str) -> list[Question]:
     answer are dropped, as the official inference loop skips them."""
     q_path = os.path.join(path, "test_q.json") if os.path.isdir(path) else path
     a_path = os.path.join(os.path.dirname(q_path), "test_a.json")
-    items, gt = read_json(q_path), read_json(a_path)
-    if not isinstance(items, list) or not isinstance(gt, list):
-        raise ScoreError(f"{q_path}: expected test_q.json / test_a.json JSON lists")
+    items = _read_json_list(q_path, "video")
+    gt = read_json(a_path)
+    if not isinstance(gt, list):
+        raise ScoreError(f"{a_path}: expected the JSON list test_a.json, got a JSON "
+                         f"{'object' if isinstance(gt, dict) else type(gt).__name__}")
     answers = {}
     for i, a in enumerate(gt):
         if not isinstance(a, dict) or "question_id" not in a or "answer" not in a:
@@ -126,6 +159,10 @@ def _load_video(path: str) -> list[Question]:
     for i, q in enumerate(items):
         if not isinstance(q, dict) or not {"video_name", "question", "question_id"} <= set(q):
             raise ScoreError(f"{q_path}: entry {i} needs 'video_name', 'question' and 'question_id'")
+        if not isinstance(q["question"], str) or not isinstance(q["video_name"], str) \
+                or isinstance(q["question_id"], bool) or not isinstance(q["question_id"], (str, int)):
+            raise ScoreError(f"{q_path}: entry {i}: 'question' and 'video_name' must be strings, "
+                             "'question_id' a string or an integer")
         if q["question_id"] not in answers:
             continue
         questions.append(Question(
@@ -133,6 +170,9 @@ def _load_video(path: str) -> list[Question]:
             answer_prompt=q["question"], image=q["video_name"], num_images=VIDEO_FRAMES,
             category=None, original_text=q["question"],
             max_new_tokens=DEFAULT_MAX_NEW_TOKENS["video"], gt_answer=answers[q["question_id"]]))
+    if not questions:
+        raise ScoreError(f"{q_path}: no question has an answer in {a_path} (the official loop "
+                         "skips those); pass the test_q.json / test_a.json pair of one data set")
     return questions
 
 
@@ -198,8 +238,11 @@ class AnswerWriter:
         self._file = open(path, "a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:   # disk full mid-run: name the file (the finished lines stay)
+            raise OSError(e.errno, e.strerror, self.path) from None
 
     def close(self) -> None:
         self._file.close()

@@ -37,7 +37,7 @@ from . import answer_file, media
 from .questions import (DEFAULT_MAX_NEW_TOKENS, AnswerWriter, Question, answer_record,
                         clean_output, load_questions, resolve_image_path)
 from .scoring import BENCHMARKS
-from .io import ScoreError
+from .io import ScoreError, check_output_path
 
 DEFAULT_LENGTH_BUCKET = 32
 
@@ -68,6 +68,35 @@ class RunSpec:
         return os.path.basename(os.path.normpath(self.model_path)) or "model"
 
 
+def _reduction_file(path: str):
+    """The config a .json/.yaml reduction file holds; a parse error names the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+                try:
+                    value = yaml.safe_load(f)
+                except yaml.YAMLError as e:
+                    mark = getattr(e, "problem_mark", None)
+                    where = f"{path}:{mark.line + 1}" if mark is not None else path
+                    problem = getattr(e, "problem", None) or "not valid YAML"
+                    raise ScoreError(f"--reduction {where}: malformed YAML ({problem}); fix the "
+                                     "file or pass a preset name") from None
+            else:
+                try:
+                    value = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ScoreError(f"--reduction {path}:{e.lineno}: malformed JSON ({e.msg}); "
+                                     "fix the file or pass a preset name") from None
+    except UnicodeDecodeError:
+        raise ScoreError(f"--reduction {path}: not a text file; pass a .json/.yaml config "
+                         "or a preset name") from None
+    if value is None:
+        raise ScoreError(f"--reduction {path}: the file is empty; write the reduction config "
+                         "in it, or pass 'none' for no reduction")
+    return value
+
+
 def parse_reduction(value: Optional[str]):
     """None/'none', a preset name, a .json/.yaml config file, or an inline JSON object
     -> ReductionConfig or None."""
@@ -75,14 +104,16 @@ def parse_reduction(value: Optional[str]):
     try:
         if value is not None and value.strip().startswith("{"):
             return resolve_reduction(json.loads(value))
+        if value is not None and value.endswith((".json", ".yaml", ".yml")) \
+                and not os.path.isfile(value):
+            raise ScoreError(f"--reduction {value}: file not found; pass an existing config "
+                             "file or a preset name")
         if value is not None and os.path.isfile(value):
-            with open(value, encoding="utf-8") as f:
-                if value.endswith((".yaml", ".yml")):
-                    import yaml
-                    return resolve_reduction(yaml.safe_load(f))
-                return resolve_reduction(json.load(f))
+            return resolve_reduction(_reduction_file(value))
         return resolve_reduction(value)
     except (ValueError, TypeError, KeyError) as e:
+        if isinstance(e, ScoreError):
+            raise
         raise ScoreError(f"--reduction {value!r}: {' '.join(str(e).splitlines())}") from None
 
 
@@ -208,11 +239,7 @@ def _progress(total: int, desc: str):
 def generate_answers(model, spec: RunSpec, questions: list[Question], pending: list[int],
                      max_new_tokens: int) -> dict:
     """Generate and append answers for `pending` (question indices). Returns stats."""
-    if spec.reduction is not None:
-        try:
-            model.reduction(spec.reduction, media=run_media(spec.benchmark))
-        except ValueError as e:
-            raise ScoreError(f"--reduction {spec.reduction_name}: {e}") from None
+    check_reduction(model, spec)
     shape_key = lambda q: model.shape_key(resolve_image_path(spec.images, q))  # noqa: E731
     batches = plan_batches(questions, pending, spec.batch_size, shape_key)
     writer = AnswerWriter(spec.answers, append=True)
@@ -252,20 +279,40 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
 
 
+def check_reduction(model, spec: RunSpec) -> None:
+    """The reduction fits this model (budgets, layers, media): before anything is written."""
+    if spec.reduction is not None:
+        try:
+            model.reduction(spec.reduction, media=run_media(spec.benchmark))
+        except ValueError as e:
+            raise ScoreError(f"--reduction {spec.reduction_name}: {e}") from None
+
+
+def _drop_if_unanswered(answers: str, meta: str) -> None:
+    """After a failed run that wrote no answer: remove the empty answer file and its
+    settings, so nothing half-made blocks (or looks like) the corrected rerun."""
+    if os.path.isfile(answers) and os.path.getsize(answers) == 0:
+        os.unlink(answers)
+        if os.path.exists(meta):
+            os.unlink(meta)
+
+
 def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
     """The whole run: checks, resume, generation, question-order rewrite. `model` may be
-    passed in (sweep loads it once); otherwise it is loaded after every input check."""
+    passed in (sweep loads it once); otherwise it is loaded after every input check.
+    Nothing is written until every input (questions, images, reduction, model, output
+    path) has been checked."""
     check_args(spec.benchmark, spec.batch_size, spec.max_new_tokens, spec.limit, spec.save_kept,
                spec.length_bucket)
     questions = load_questions(spec.benchmark, spec.questions) if questions is None else questions
     scope = questions if spec.limit is None else questions[:spec.limit]
     max_new_tokens = spec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[spec.benchmark]
-    folder = os.path.dirname(os.path.abspath(spec.answers))
-    os.makedirs(folder, exist_ok=True)
+    check_output_path(spec.answers, "--answers")
     state = answer_file.resume_state(spec.answers, questions)
     settings = run_settings(spec, max_new_tokens)
     meta = spec.answers + ".run.json"
-    answer_file.check_run_settings(meta, settings)
+    if state.lines:    # a sidecar without answers mixes nothing: it is rewritten below
+        answer_file.check_run_settings(meta, settings)
     pending = [i for i in range(len(scope)) if not state.answered[i]]
     already = len(scope) - len(pending)
     runnable = media.check_media(spec.benchmark, spec.images, [questions[i] for i in pending])
@@ -280,8 +327,14 @@ def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
                              f"(config.json model_type 'video_llava'), a model that reads "
                              f"videos; {spec.model_path} is a {type(model).__name__}, which "
                              f"reads {' and '.join(model.media)}s")
+        check_reduction(model, spec)
+        os.makedirs(os.path.dirname(os.path.abspath(spec.answers)), exist_ok=True)
         answer_file.write_run_settings(meta, settings)
-        stats = generate_answers(model, spec, questions, pending, max_new_tokens)
+        try:
+            stats = generate_answers(model, spec, questions, pending, max_new_tokens)
+        except BaseException:
+            _drop_if_unanswered(spec.answers, meta)
+            raise
     total = answer_file.finalize(spec.answers, questions) if os.path.exists(spec.answers) else 0
     stats.update(total_lines=total, scope=len(scope), already_answered=already,
                  partial_line_dropped=state.dropped_partial)

@@ -14,13 +14,14 @@ POPE, the matching labels), written to OUT/subset/.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 
 from . import media, runner
 from .questions import load_questions
 from .scoring import score_benchmark, update_summary
-from .io import ScoreError, read_json
+from .io import ScoreError, atomic_write_text, check_output_path, read_json
 
 # The reported number of each benchmark (docs/EVAL.md §1-§7) and a few secondary ones.
 HEADLINE = {"pope": ("f1_mean", "POPE F1"), "textvqa": ("accuracy", "TextVQA acc"),
@@ -125,8 +126,7 @@ def write_table(path: str, benchmark: str, rows: list[dict]) -> None:
         speed = "n/a (resumed)" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
         lines.append(f"| {r['reduction']} | {r['avg_visual_tokens']:.1f} | "
                      f"{r['lm_image_tokens']} | {value} | {rel} | {r['other']} | {speed} |")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n", prefix=".sweep-")
 
 
 def write_plot(path: str, benchmark: str, rows: list[dict], model_id: str) -> None:
@@ -157,7 +157,9 @@ def write_plot(path: str, benchmark: str, rows: list[dict], model_id: str) -> No
     if points:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    atomic_write_text(path, png.getvalue(), prefix=".sweep-")
 
 
 def sweep_command(args) -> int:
@@ -165,20 +167,22 @@ def sweep_command(args) -> int:
                       args.save_kept, getattr(args, "length_bucket", None))
     reductions = _names(args.reductions)
     out_dir = args.out_dir
-    for sub in ("answers", "summaries"):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    # every input is checked (and the model loaded) before the first folder is made
+    check_output_path(out_dir, "--out-dir", folder=True)
     questions = load_questions(args.benchmark, args.questions)
     scope = questions if args.limit is None else questions[:args.limit]
     media.check_media(args.benchmark, args.images, scope)
-    q_path, annotations = (args.questions, args.annotations) if args.limit is None else \
-        subset_inputs(args.benchmark, args.questions, args.annotations, scope, out_dir)
     model = runner.load_model(args.model, getattr(args, "dtype", None) or "float32")
     for name, red in reductions:
         if red is not None:
             try:
-                model.reduction(red)
+                model.reduction(red, media=runner.run_media(args.benchmark))
             except ValueError as e:
                 raise ScoreError(f"--reductions {name}: {e}") from None
+    for sub in ("answers", "summaries"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    q_path, annotations = (args.questions, args.annotations) if args.limit is None else \
+        subset_inputs(args.benchmark, args.questions, args.annotations, scope, out_dir)
     from duet_jax.reduction import average_visual_tokens
     cfg = model.config
     patches, layers = cfg.vision.num_patches, cfg.text.num_hidden_layers
@@ -212,8 +216,8 @@ def sweep_command(args) -> int:
     payload = {"benchmark": args.benchmark, "model": os.path.abspath(args.model),
                "questions": os.path.abspath(q_path), "annotations": os.path.abspath(annotations),
                "limit": args.limit, "num_questions": len(scope), "rows": rows}
-    with open(os.path.join(out_dir, "sweep.json"), "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+    atomic_write_text(os.path.join(out_dir, "sweep.json"), json.dumps(payload, indent=2),
+                      prefix=".sweep-")
     write_plot(os.path.join(out_dir, "sweep.png"), args.benchmark, rows,
                os.path.basename(os.path.normpath(args.model)))
     print(f"sweep: {os.path.join(out_dir, 'sweep.md')}, sweep.json, sweep.png")

@@ -342,7 +342,7 @@ def _bad_checkpoints(ckpts, root):
         "unknown_layout": (with_state("unknown_layout", {"backbone." + k: v for k, v in state.items()}),
                            ["unknown checkpoint layout", "backbone."]),
         "not_a_checkpoint": (not_ckpt, ["not a checkpoint", "config.json"]),
-        "unsafe_pickle": (evil, ["pytorch_model.bin", "unpickling arbitrary Python objects"]),
+        "unsafe_pickle": (evil, ["pytorch_model.bin", "unpickling it could run code"]),
     }
 
 
