@@ -3,12 +3,15 @@
 The component roots are LLaVA's (`layouts.HF` rules: every prefix variant
 transformers reads, hub llava-hf names on export); the rows differ: a SigLIP
 tower (patch-embedding bias, no CLS row, no pre-layernorm), a Qwen2 LM (q/k/v
-biases, none on o_proj), the projector and `image_newline`. SigLIP's
+biases, none on o_proj), the projector and `image_newline`, and the tower is
+written under `vision_tower.` (what transformers 5 saves). SigLIP's
 attention-pooling head (`vision_tower.head.*`, built when `vision_use_head`)
 is never read by LLaVA-OneVision, which takes a hidden state: it is skipped on
 read, and the config written says `vision_use_head: false`.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from duet_jax.checkpoints import layouts
 from duet_jax.checkpoints.plan import CONV, Family, Layout, Rows, with_hf_defaults
@@ -49,8 +52,11 @@ def _build_table() -> tuple:
 
 
 TABLE = _build_table()
-HF = Layout("onevision", layouts.HF.rules, TABLE, layouts.IGNORED_BUFFERS + (
-    ("vision", r"head\..*"),))
+# LLaVA's rules; the tower is written as transformers 5 saves a SiglipVisionModel tower
+# (`vision_tower.*`, no `vision_model.`), so an HF -> duet_jax -> HF round trip keeps every name
+HF = Layout("onevision", tuple(
+    dataclasses.replace(r, canonical="vision_tower.") if r.component == "vision" else r
+    for r in layouts.HF.rules), TABLE, layouts.IGNORED_BUFFERS + (("vision", r"head\..*"),))
 
 
 def leaf_shapes(cfg: OnevisionConfig) -> dict:

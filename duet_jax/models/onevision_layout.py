@@ -39,6 +39,9 @@ class OnevisionConfig(LlavaNextConfig):
     vision_feature_layer: int = -1
     vision_feature_select_strategy: str = "full"
     select_strategy = "full"     # SigLIP has no CLS row: every row is a patch
+    # frames the duet_jax handle samples per video (not an HF config key: the HF
+    # processor takes whatever frames it is given; LLaVA-OneVision evaluates with 8-32)
+    num_frames = 8
 
     def __post_init__(self):
         super().__post_init__()

@@ -84,3 +84,33 @@ def block_batch(counts, text_lengths, token, image_at=3, seed=0):
 def random_videos(batch, frames, seed=0):
     """[B, F, 3, 56, 56] normalised-looking pixels."""
     return np.random.default_rng(seed).normal(size=(batch, frames, 3, 56, 56)).astype(np.float32)
+
+
+def build_tiny_onevision_checkpoint(directory: str, seed: int = 0, aspect: str = "anyres_max_2") -> str:
+    """A tiny llava-hf-style LLaVA-OneVision directory `duet_jax.load_llava` loads offline:
+    model (vocab = the tiny tokenizer's, `<video>` added after `<pad>`), tokenizer and
+    the OneVision image processor."""
+    import os
+
+    from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+
+    from tests.helpers.tiny_checkpoint import IMAGE_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE
+    from tests.helpers.tokenizer import build_tiny_tokenizer
+    os.makedirs(directory, exist_ok=True)
+    build_tiny_tokenizer(directory)
+    tok = AutoTokenizer.from_pretrained(directory)
+    tok.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    video_id = int(tok.convert_tokens_to_ids("<video>"))
+    assert video_id == VOCAB_SIZE
+    tok.save_pretrained(directory)
+    cfg = tiny_onevision_config(vocab=VOCAB_SIZE + 1, aspect=aspect)
+    cfg.image_token_index, cfg.video_token_index = IMAGE_TOKEN_ID, video_id
+    cfg.text_config.pad_token_id, cfg.text_config.eos_token_id = PAD_TOKEN_ID, 2
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration._from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.eval().save_pretrained(directory)
+    onevision_processor(cfg).save_pretrained(directory)
+    return directory
