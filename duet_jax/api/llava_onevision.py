@@ -28,6 +28,7 @@ from duet_jax.api.llava_next import LlavaNext, as_images
 from duet_jax.models import onevision_layout as layout
 from duet_jax.models.onevision import PARAM_AXES, OnevisionModel
 from duet_jax.models.onevision_layout import OnevisionConfig
+from duet_jax.models.onevision_reduced import check_stage1
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 ASSISTANT = "<|im_start|>assistant\n"
@@ -67,6 +68,8 @@ class LlavaOnevision(LlavaNext):
         return super().shape_key(path)
 
     def check_reduction(self, red, media: str = "image") -> None:
+        if red.stage1 is not None:
+            check_stage1(red.stage1)
         frames = self.config.num_frames if media == "video" else 1
         red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers,
                      crops=frames)

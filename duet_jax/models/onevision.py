@@ -13,8 +13,9 @@ shared LM runner) with OneVision's packing in place of NeXT's gather:
   the end (`onevision_layout.video_taps`). Video blocks are marked by
   `video_token_index` in the prompt; the splice reads them as image blocks.
 
-A batch holds images or videos, not both. Reduction: docs/ALGORITHM.md §2.9
-(`duet_jax.models.onevision_reduced`).
+A batch holds images or videos, not both. Stage 1: docs/ALGORITHM.md §2.9
+(`duet_jax.models.onevision_reduced`); Stage 2 (docs/ALGORITHM.md §3) runs on the
+whole block.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from duet_jax.models import onevision_layout as layout
 from duet_jax.models.llava import PARAM_AXES as LLAVA_PARAM_AXES, ImageFeatures, prefixed
 from duet_jax.models.llava_next import LlavaNextModel, NextImages
 from duet_jax.models.onevision_layout import OnevisionConfig
+from duet_jax.models.onevision_reduced import merged_features, reduced_counts
 from duet_jax.models.qwen2 import PARAM_AXES as QWEN2_PARAM_AXES, Qwen2Model
 from duet_jax.models.siglip import PARAM_AXES as SIGLIP_PARAM_AXES, SiglipVisionTower
 
@@ -66,7 +68,6 @@ class OnevisionModel(LlavaNextModel):
         """Visual tokens per sample entering the LM (HF's count, or the reduced one)."""
         cfg = self.config
         if reduction is not None and reduction.stage1 is not None:
-            from duet_jax.models.onevision_reduced import reduced_counts
             return reduced_counts(self, pixel_values, reduction.stage1)
         if is_video(pixel_values):
             return (layout.num_video_tokens(cfg, pixel_values.shape[1]),) * pixel_values.shape[0]
@@ -89,7 +90,6 @@ class OnevisionModel(LlavaNextModel):
     def image_features(self, params: dict, pixel_values, stage1=None) -> ImageFeatures:
         """-> tokens [B, F, Dt] (F = batch-max block; rows past a sample's count are padding)."""
         if stage1 is not None:
-            from duet_jax.models.onevision_reduced import merged_features
             return merged_features(self, params, pixel_values, stage1)
         pixels, counts, offsets = self.crops(pixel_values)
         out = self.vision.apply(params["vision"], pixels, stop_after=self.config.feature_layer_index)

@@ -12,6 +12,9 @@ from tests.helpers.tiny_checkpoint import write_pope_fixture
 from tests.helpers.tiny_onevision import build_tiny_onevision_checkpoint
 
 NEW = 4
+RED = json.dumps({"name": "tiny-ov-duet", "stage1": {"dominant": 5, "contextual": 3, "width": 2,
+                                                      "cls_token": False},
+                  "stage2": {"layers": [1], "ratios": [0.5]}})
 
 
 def _eval(*argv) -> int:
@@ -28,7 +31,7 @@ def pope(tmp_path_factory):
     return write_pope_fixture(str(tmp_path_factory.mktemp("pope")), image_size=112)
 
 
-@pytest.mark.parametrize("reduction", [None])
+@pytest.mark.parametrize("reduction", [None, RED])
 def test_eval_run_images(ckpt, pope, tmp_path, reduction):
     import duet_jax
     answers = str(tmp_path / "answers.jsonl")
@@ -42,11 +45,11 @@ def test_eval_run_images(ckpt, pope, tmp_path, reduction):
     model = duet_jax.load_llava(ckpt)
     for r, q in zip(rows, questions):
         (alone,) = model.generate([q["text"]], [os.path.join(pope["images"], q["image"])],
-                                  max_new_tokens=NEW, reduction=reduction)
+                                  max_new_tokens=NEW, reduction=reduction and json.loads(reduction))
         assert r["text"] == alone
 
 
-@pytest.mark.parametrize("reduction", [None])
+@pytest.mark.parametrize("reduction", [None, RED])
 def test_eval_run_videos(ckpt, msvd, tmp_path, reduction):  # noqa: F811
     import duet_jax
     answers = str(tmp_path / "answers.jsonl")
@@ -58,5 +61,5 @@ def test_eval_run_videos(ckpt, msvd, tmp_path, reduction):  # noqa: F811
     assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
     model = duet_jax.load_llava(ckpt)
     (want,) = model.generate(["what is in video 0?"], videos=[os.path.join(msvd["videos"], "vid0")],
-                             max_new_tokens=NEW, reduction=reduction)
+                             max_new_tokens=NEW, reduction=reduction and json.loads(reduction))
     assert rows[0]["pred"] == want
