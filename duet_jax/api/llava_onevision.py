@@ -47,6 +47,7 @@ class LlavaOnevision(LlavaNext):
     module_class = OnevisionModel
     param_axes = PARAM_AXES
     media = ("image", "video")
+    kept_pictures = False        # kept-token pictures read CLS-layout positions (CLIP families)
 
     @functools.cached_property
     def image_processor(self):

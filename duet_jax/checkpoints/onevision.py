@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from duet_jax.checkpoints import layouts
-from duet_jax.checkpoints.plan import CONV, Family, Layout, Rows, with_hf_defaults
+from duet_jax.checkpoints.plan import Family, Layout, Rows, with_hf_defaults
 from duet_jax.checkpoints.reader import CheckpointError
 from duet_jax.models.onevision_layout import OnevisionConfig
 
@@ -23,32 +23,14 @@ MODEL_TYPES = ("llava_onevision",)
 
 
 def _build_table() -> tuple:
+    """LLaVA's rows (`layouts.TABLE`: same module names) without CLIP's CLS row and
+    pre-layernorm, plus SigLIP's patch-embedding bias. Which biases a config has is
+    `leaf_shapes`' business (Qwen2: q/k/v, not o_proj, not the MLP)."""
+    clip_only = {("vision", "embeddings", "class_embedding"), ("vision", "pre_layrnorm", "scale"),
+                 ("vision", "pre_layrnorm", "bias")}
     t = Rows()
-    add, linear, norm = t.add, t.linear, t.norm
-    add("vision/embeddings/patch_embedding/kernel", "vision", "embeddings.patch_embedding.weight", CONV)
-    add("vision/embeddings/patch_embedding/bias", "vision", "embeddings.patch_embedding.bias")
-    add("vision/embeddings/position_embedding/embedding", "vision", "embeddings.position_embedding.weight")
-    for n in ("layer_norm1", "layer_norm2"):
-        norm(f"vision/layers/{n}", "vision", f"encoder.layers.{{i}}.{n}")
-    for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        linear(f"vision/layers/self_attn/{n}", "vision", f"encoder.layers.{{i}}.self_attn.{n}")
-    for n in ("fc1", "fc2"):
-        linear(f"vision/layers/mlp/{n}", "vision", f"encoder.layers.{{i}}.mlp.{n}")
-    norm("vision/post_layernorm", "vision", "post_layernorm")
-    for n in ("linear_1", "linear_2"):
-        linear(f"projector/{n}", "projector", n)
-    add("text/embed_tokens/embedding", "text", "embed_tokens.weight")
-    for n in ("input_layernorm", "post_attention_layernorm"):
-        norm(f"text/layers/{n}", "text", f"layers.{{i}}.{n}", bias=False)
-    for n in ("q_proj", "k_proj", "v_proj"):
-        linear(f"text/layers/self_attn/{n}", "text", f"layers.{{i}}.self_attn.{n}")
-    linear("text/layers/self_attn/o_proj", "text", "layers.{i}.self_attn.o_proj", bias=False)
-    for n in ("gate_proj", "up_proj", "down_proj"):
-        linear(f"text/layers/mlp/{n}", "text", f"layers.{{i}}.mlp.{n}", bias=False)
-    norm("text/norm", "text", "norm", bias=False)
-    linear("text/lm_head", "head", "lm_head", bias=False)
-    add("image_newline", "newline", "image_newline")
-    return tuple(t.rows)
+    t.add("vision/embeddings/patch_embedding/bias", "vision", "embeddings.patch_embedding.bias")
+    return tuple(e for e in layouts.TABLE if e.path not in clip_only) + tuple(t.rows)
 
 
 TABLE = _build_table()
@@ -79,8 +61,8 @@ def leaf_shapes(cfg: OnevisionConfig) -> dict:
     shapes = {}
     for e in TABLE:
         if (e.component == "head" and t.tie_word_embeddings) or (
-                e.component == "projector" and e.path[-1] == "bias"
-                and not cfg.multimodal_projector_bias):
+                e.component in ("projector", "text") and e.path[-1] == "bias"
+                and not _has_bias(e, cfg)):
             continue
         if e.stacked:
             full = per_layer[e.path[0]][e.path[-2]]
@@ -89,6 +71,12 @@ def leaf_shapes(cfg: OnevisionConfig) -> dict:
             full = flat[e.path[-2] if len(e.path) > 1 else e.path[0]]
             shapes[e] = full[-1:] if e.path[-1] == "bias" else full
     return shapes
+
+
+def _has_bias(e, cfg: OnevisionConfig) -> bool:
+    if e.component == "projector":
+        return cfg.multimodal_projector_bias
+    return e.path[-2] in ("q_proj", "k_proj", "v_proj")      # Qwen2's only biases
 
 
 def resolve_hf_config(d: dict) -> dict:

@@ -47,20 +47,8 @@ class SiglipVisionTower(CLIPVisionTower):
 
     def embed(self, params: dict, pixel_values: jax.Array) -> jax.Array:
         """[B, 3, H, W] (PyTorch layout) -> [B, N, D]: conv patches + bias + positions."""
-        cfg, emb = self.config, params["embeddings"]
-        x = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.dtype)   # NHWC
-        patches = jax.lax.conv_general_dilated(
-            x, emb["patch_embedding"]["kernel"].astype(self.dtype),
-            window_strides=(cfg.patch_size,) * 2, padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        b = patches.shape[0]
-        patches = patches.reshape(b, -1, cfg.hidden_size)
-        if patches.shape[1] != cfg.num_patches:
-            raise ValueError(
-                f"pixel_values {tuple(pixel_values.shape)} give {patches.shape[1]} patches but the "
-                f"vision config expects {cfg.num_patches} ({cfg.image_size}px / {cfg.patch_size}); "
-                "resize images with the checkpoint's image processor")
-        patches = patches + emb["patch_embedding"]["bias"].astype(self.dtype)
+        emb = params["embeddings"]
+        patches = self.patches(emb["patch_embedding"], pixel_values)
         return patches + emb["position_embedding"]["embedding"].astype(self.dtype)[None]
 
     def apply(self, params: dict, pixel_values: jax.Array, *, stop_after: Optional[int] = None,
