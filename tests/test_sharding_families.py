@@ -54,23 +54,43 @@ def test_llava15_sharded_logits_equal_single_device(llava15, shape):
     np.testing.assert_allclose(np.asarray(logits_of(model)), ref, atol=ATOL, rtol=0)
 
 
-# ---- LLaVA-NeXT ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def llava_next(tmp_path_factory):
-    from tests.helpers.tiny_next import SIZES, next_batch, tiny_llava_next
-    hf = tiny_llava_next()
-    path = str(tmp_path_factory.mktemp("next"))
+# ---- LLaVA-NeXT and LLaVA-OneVision (AnyRes families) ---------------------------
+def _anyres_model(family: str):
+    """(HF model, batch builder) of an AnyRes family: NeXT (CLIP + Llama) or OneVision
+    (SigLIP + Qwen2)."""
+    if family == "LlavaNext":
+        from tests.helpers.tiny_next import SIZES, next_batch, tiny_llava_next
+        hf = tiny_llava_next()
+        return hf, lambda: next_batch(hf, SIZES[:2], (6, 3))
+    from duet_jax.models import onevision_layout
+    from duet_jax.models.onevision_layout import OnevisionConfig
+    from tests.helpers.tiny_onevision import (IMAGE_TOKEN, SIZES, block_batch, image_pixels,
+                                              tiny_onevision)
+    hf = tiny_onevision()
+
+    def batch():
+        cfg = OnevisionConfig.from_hf(hf.config.to_dict())
+        pixels, sizes = image_pixels(hf, SIZES[:2])
+        counts = [onevision_layout.num_image_tokens(cfg, s) for s in sizes]
+        return (*block_batch(counts, (6, 3), IMAGE_TOKEN), pixels, sizes)
+    return hf, batch
+
+
+@pytest.fixture(scope="module", params=["LlavaNext", "LlavaOnevision"])
+def llava_next(request, tmp_path_factory):
+    hf, batch = _anyres_model(request.param)
+    path = str(tmp_path_factory.mktemp(request.param))
     hf.save_pretrained(path)
-    ids, mask, pixels, sizes = next_batch(hf, SIZES[:2], (6, 3))
+    ids, mask, pixels, sizes = batch()
     logits_of = lambda m: m.logits(ids, pixels, mask, image_sizes=sizes)  # noqa: E731
-    return path, logits_of, _reference(path, logits_of)
+    return path, logits_of, _reference(path, logits_of), request.param
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 1), (1, 2, 4)])
 def test_llava_next_sharded_logits_equal_single_device(llava_next, shape):
-    path, logits_of, ref = llava_next
+    path, logits_of, ref, family = llava_next
     model = duet_jax.load_llava(path, mesh=make_mesh(*shape))
-    assert type(model).__name__ == "LlavaNext"
+    assert type(model).__name__ == family
     _check_attention(model.params["text"]["layers"][0]["self_attn"]["q_proj"]["kernel"], shape)
     _check_attention(model.params["vision"]["layers"][0]["self_attn"]["q_proj"]["kernel"], shape)
     assert model.params["image_newline"].sharding.is_fully_replicated

@@ -27,17 +27,14 @@ def _logits(module, params, input_ids, pixel_values, attention_mask, reduction,
 
 
 def checkpoint_config(path: str, vision_tower: Optional[str] = None):
-    """The config of a LLaVA-family checkpoint dir (HF, original, converted; Video-LLaVA's
-    too), from its config and weight headers alone."""
-    from duet_jax.checkpoints import video
-    from duet_jax.checkpoints.load import (MARKER, checkpoint_kind, llava_config,
+    """The config of a checkpoint dir of any family (HF, original, converted), from its
+    config and weight headers alone (a converted dir: its marker's family parses it)."""
+    from duet_jax.checkpoints.load import (MARKER, checkpoint_kind, family_of_format,
                                            plan_conversion, read_json)
     if checkpoint_kind(path) != "converted":
         return plan_conversion(path, vision_tower).config
     config = read_json(os.path.join(path, "config.json"))
-    if read_json(os.path.join(path, MARKER)).get("format") == video.FORMAT:
-        return video.video_config(config)
-    return llava_config(config)
+    return family_of_format(read_json(os.path.join(path, MARKER)).get("format")).config(config)
 
 
 def load_shardings(module_class, axes: dict, path: str, vision_tower: Optional[str], mesh):

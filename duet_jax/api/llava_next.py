@@ -69,14 +69,22 @@ class LlavaNext(Llava):
         with Image.open(image_path) as img:
             return self.bucket_size(img.height, img.width)
 
+    def full_prompt(self, text: str) -> str:
+        """A message in the family's template (vicuna_v1), or a full prompt as it is."""
+        from duet_jax.data.conversation import build_eval_prompt
+        return text if text.rstrip().endswith("ASSISTANT:") else build_eval_prompt(text)
+
+    def block_size(self, size_hw) -> int:
+        """Image-token ids of one image of (original) size (H, W): HF's processor count."""
+        return anyres.num_image_tokens(self.config, size_hw)
+
     def encode(self, prompts: Sequence[str], images: Optional[Sequence] = None,
                videos: Optional[Sequence] = None, *, bucket: bool = True) -> dict:
         """Messages + images (paths or PIL images; one per prompt) -> a right-padded batch.
 
-        vicuna_v1 template as LLaVA-1.5, but tokenized as `LlavaNextProcessor` does: the
-        whole prompt in one tokenizer call (not chunk-wise around `<image>`), then the
-        `<image>` id expanded to HF's per-image count."""
-        from duet_jax.data.conversation import build_eval_prompt
+        The family's template (`full_prompt`), tokenized as `LlavaNextProcessor` does:
+        the whole prompt in one tokenizer call (not chunk-wise around `<image>`), then
+        the `<image>` id expanded to HF's per-image count (`block_size`)."""
         from duet_jax.data.images import load_image
         from duet_jax.data.salient import salient_token_mask
         from duet_jax.data.tokenize import expand_image_placeholders, right_pad
@@ -91,22 +99,21 @@ class LlavaNext(Llava):
         sizes = np.asarray(enc["image_sizes"])
         cfg, ids, fulls = self.config, [], []
         for text, size in zip(prompts, sizes):
-            full = text if text.rstrip().endswith("ASSISTANT:") else build_eval_prompt(text)
+            full = self.full_prompt(text)
             fulls.append(full)
             whole = np.asarray(self.tokenizer(full)["input_ids"])
             if (whole == cfg.image_token_index).sum() != 1:
                 raise ValueError(f"prompt {full[:40]!r}... must hold exactly one <image>")
             ids.append(expand_image_placeholders(
                 whole, None, image_token_index=cfg.image_token_index, placeholder=cfg.image_token_index,
-                image_seq_length=anyres.num_image_tokens(cfg, size))[0])
+                image_seq_length=self.block_size(size))[0])
         length = max(len(i) for i in ids)
         input_ids, mask = right_pad(ids, length, self.tokenizer.pad_token_id or 0)
         salient = np.zeros_like(mask, bool)
         for b, (text, full, row, size) in enumerate(zip(prompts, fulls, ids, sizes)):
             after, question = full.split("<image>", 1)[-1], text.replace("<image>\n", "")
             if "<image>" in full and question in after:
-                offset = int(np.argmax(row == cfg.image_token_index)) + \
-                    anyres.num_image_tokens(cfg, size)
+                offset = int(np.argmax(row == cfg.image_token_index)) + self.block_size(size)
                 salient[b] = salient_token_mask(after, question, self.tokenizer, offset, length)
         return {"input_ids": input_ids, "attention_mask": mask,
                 "pixel_values": NextImages(np.asarray(enc["pixel_values"], np.float32), sizes),

@@ -9,13 +9,14 @@ from typing import Optional
 from duet_jax.api.base import Handle, check_directory
 from duet_jax.api.llava import Llava
 from duet_jax.api.llava_next import LlavaNext
+from duet_jax.api.llava_onevision import LlavaOnevision
 from duet_jax.api.qwen25vl import Qwen25VL
 from duet_jax.api.video_llava import VideoLlava
 
 # model_type -> handle class; anything else is read as LLaVA-1.5 (original LLaVA dirs say
 # `llava_llama`), whose loader reports a directory it cannot read in one line.
 FAMILIES = {"llava": Llava, "llava_llama": Llava, "llava_next": LlavaNext,
-            "video_llava": VideoLlava, "qwen2_5_vl": Qwen25VL}
+            "video_llava": VideoLlava, "qwen2_5_vl": Qwen25VL, "llava_onevision": LlavaOnevision}
 
 
 def model_type(path: str) -> Optional[str]:
@@ -36,7 +37,7 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
                mesh=None, vision_tower: Optional[str] = None, remat: bool = False) -> Handle:
     """Loads any supported checkpoint directory into its family's handle: an HF LLaVA dir
     (llava-hf or legacy layout), an original LLaVA dir (`vision_tower=` its CLIP dir),
-    LLaVA-NeXT, Video-LLaVA, Qwen2.5-VL, or a `python -m convert` output of any of them.
+    LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA, Qwen2.5-VL, or a `python -m convert` output of any of them.
 
     dtype: params dtype; compute_dtype defaults to it. mesh: a `jax.sharding.Mesh` to
     load the params straight onto (see duet_jax.sharding).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from duet_jax.checkpoints import llava, qwen25vl, video
+from duet_jax.checkpoints import llava, onevision, qwen25vl, video
 from duet_jax.checkpoints.llava import FORMAT, llava_config, resolve_hf_config
 from duet_jax.checkpoints.orbax_io import (MARKER, PARAMS_SUBDIR, is_converted,
                                            read_converted, restore_params, sharding_lookup)
@@ -21,7 +21,7 @@ from duet_jax.checkpoints.plan import (Family, Plan, check_shape, read_params,
 from duet_jax.checkpoints.reader import (CheckpointError, check_dir, find_weight_files,
                                          read_json)
 
-FAMILIES = (llava.FAMILY, video.FAMILY, qwen25vl.FAMILY)
+FAMILIES = (llava.FAMILY, video.FAMILY, qwen25vl.FAMILY, onevision.FAMILY)
 
 # the names other code imports from here (some live in the modules above)
 __all__ = ["FAMILIES", "FORMAT", "MARKER", "PARAMS_SUBDIR", "CheckpointError", "Plan",

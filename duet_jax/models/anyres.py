@@ -27,6 +27,9 @@ DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008
 class LlavaNextConfig(LlavaConfig):
     """HF `LlavaNextConfig`: LLaVA's fields plus the AnyRes grid pinpoints [(h, w), ...]."""
     image_grid_pinpoints: tuple = DEFAULT_PINPOINTS
+    # the feature strategy the family's packing needs (a class attribute, not a field):
+    # NeXT drops CLS ("default"); a CLS-free tower's family (OneVision) keeps every row ("full")
+    select_strategy = "default"
 
     def __post_init__(self):
         super().__post_init__()
@@ -37,9 +40,11 @@ class LlavaNextConfig(LlavaConfig):
         if bad:
             raise ValueError(f"image_grid_pinpoints {bad[:2]} are not positive multiples of the "
                              f"vision image_size {size}; fix config.json")
-        if self.vision_feature_select_strategy != "default":
+        if self.vision_feature_select_strategy != self.select_strategy:
             # HF's pack_image_features cannot reshape CLS-carrying tiles into a grid either.
-            raise ValueError("LLaVA-NeXT needs vision_feature_select_strategy='default'")
+            raise ValueError(f"{type(self).__name__} needs vision_feature_select_strategy="
+                             f"'{self.select_strategy}' (config.json has "
+                             f"{self.vision_feature_select_strategy!r})")
 
     @property
     def patches_per_side(self) -> int:

@@ -116,21 +116,30 @@ class CLIPVisionTower:
             "post_layernorm": ln(),
         }
 
-    def embed(self, params: dict, pixel_values: jax.Array) -> jax.Array:
-        """[B, 3, H, W] (PyTorch layout) -> [B, N+1, D] after pre_layrnorm."""
-        cfg, emb = self.config, params["embeddings"]
+    def patches(self, patch_params: dict, pixel_values: jax.Array) -> jax.Array:
+        """[B, 3, H, W] (PyTorch layout) -> [B, N, D]: the patch convolution (+ its bias
+        where the tower has one, as SigLIP's does)."""
+        cfg = self.config
         x = jnp.transpose(pixel_values, (0, 2, 3, 1)).astype(self.dtype)   # NHWC
-        kernel = emb["patch_embedding"]["kernel"].astype(self.dtype)
+        kernel = patch_params["kernel"].astype(self.dtype)
         patches = jax.lax.conv_general_dilated(
             x, kernel, window_strides=(cfg.patch_size,) * 2, padding="VALID",
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        b = patches.shape[0]
-        patches = patches.reshape(b, -1, cfg.hidden_size)
+        patches = patches.reshape(patches.shape[0], -1, cfg.hidden_size)
         if patches.shape[1] != cfg.num_patches:
             raise ValueError(
                 f"pixel_values {tuple(pixel_values.shape)} give {patches.shape[1]} patches but the "
                 f"vision config expects {cfg.num_patches} ({cfg.image_size}px / {cfg.patch_size}); "
                 "resize images with the checkpoint's image processor")
+        if "bias" in patch_params:
+            patches = patches + patch_params["bias"].astype(self.dtype)
+        return patches
+
+    def embed(self, params: dict, pixel_values: jax.Array) -> jax.Array:
+        """[B, 3, H, W] (PyTorch layout) -> [B, N+1, D] after pre_layrnorm."""
+        cfg, emb = self.config, params["embeddings"]
+        patches = self.patches(emb["patch_embedding"], pixel_values)
+        b = patches.shape[0]
         cls = jnp.broadcast_to(emb["class_embedding"].astype(self.dtype), (b, 1, cfg.hidden_size))
         x = jnp.concatenate([cls, patches], axis=1)
         x = x + emb["position_embedding"]["embedding"].astype(self.dtype)[None]

@@ -149,8 +149,9 @@ class LlavaConfig:
         """0-based index of the CLIP encoder layer whose output feeds the projector."""
         n = self.vision.num_hidden_layers
         # HF hidden_states has n+1 entries (embeddings first); layer i output = hidden_states[i+1].
+        # HF indexes a list of n+1 entries: -(n+1)..n exist; Python's % would wrap the rest
         idx = self.vision_feature_layer % (n + 1) - 1
-        if not 0 <= idx < n:
+        if not 0 <= idx < n or not -(n + 1) <= self.vision_feature_layer <= n:
             raise ValueError(f"vision_feature_layer={self.vision_feature_layer} is out of range "
                              f"for a {n}-layer vision tower")
         return idx

@@ -273,6 +273,10 @@ LLAVA15_DUET = {192: (300, 7), 128: (170, 35), 64: (72, 30)}
 LLAVA15_VISIONZIP = {192: (162, 30), 128: (108, 20), 64: (54, 10)}   # VisionZip README
 LLAVANEXT_DUET = {640: (170, 35), 320: (72, 30), 160: (45, 6)}       # per crop, 5 crops
 VIDEOLLAVA_DUET = {960: (160, 32), 136: (20, 7)}                     # per frame, 8 frames
+# LLaVA-OneVision-7B (28 LM layers, 729 SigLIP patches per crop): NeXT's per-crop d, c
+# scaled by 729/576, named by the 2x2-grid (5 crops) average (docs/ALGORITHM.md §2.9, §4.2)
+LLAVAOV_DUET = {810: (215, 44), 403: (91, 38), 203: (57, 8)}
+LLAVAOV_STAGE2 = Stage2Config(layers=(14, 21), ratios=(0.5, 0.0))
 QWEN_DUET = {"640": (870, 153), "320": (517, 91), "160": (207, 36), "640-scripts": (540, 100)}
 
 
@@ -305,6 +309,9 @@ def _build_presets():
     for budget, (d, c) in VIDEOLLAVA_DUET.items():
         add(f"videollava-duet-{budget}", Stage1Config(d, c), DUET_STAGE2, budget,
             patches=256, crops=8)
+    for budget, (d, c) in LLAVAOV_DUET.items():
+        add(f"llavaov-duet-{budget}", Stage1Config(d, c, cls_token=False), LLAVAOV_STAGE2, budget,
+            patches=729, layers=28, crops=5)
     for suffix, (d, c) in QWEN_DUET.items():   # image-dependent budget: no target
         add(f"qwen25vl-duet-{suffix}", Stage1Config(d, c, cls_token=False), QWEN_STAGE2)
     return presets, targets
