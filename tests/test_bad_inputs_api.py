@@ -1,5 +1,5 @@
 """Bad arguments to the Python API of every family (LLaVA-1.5, LLaVA-NeXT, Video-LLaVA,
-Qwen2.5-VL) fail before any work with a ValueError / TypeError that names the argument and
+Qwen2.5-VL, LLaVA-OneVision) fail before any work with a ValueError / TypeError that names the argument and
 the fix: the checks live once in the Handle base (`check_batch`, `check_generation`,
 `check_pixels_used`), so each family is tried on the same cases."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from PIL import Image
 
 import duet_jax
 
-FAMILIES = ("llava", "next", "video", "qwen")
+FAMILIES = ("llava", "next", "video", "qwen", "onevision")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,9 @@ def models(tmp_path_factory):
             elif family == "next":
                 from tests.helpers.tiny_next import build_tiny_next_checkpoint
                 path = build_tiny_next_checkpoint(str(root / "tiny"))
+            elif family == "onevision":
+                from tests.helpers.tiny_onevision import build_tiny_onevision_checkpoint
+                path = build_tiny_onevision_checkpoint(str(root / "tiny"))
             elif family == "video":
                 from tests.helpers.tiny_video import build_tiny_video_checkpoint
                 path = build_tiny_video_checkpoint(str(root / "tiny"))
