@@ -252,10 +252,13 @@ def from_dict(mapping: Mapping[str, Any]) -> ReductionConfig:
         if section in mapping and isinstance(value, Mapping) and base.get(section):
             value = {**base[section], **dict(value)}
         sections[section] = value
-    name = mapping.get("name", mapping.get("preset", "custom"))
-    return ReductionConfig(str(name), _section("stage1", sections["stage1"], Stage1Config),
-                           _section("stage2", sections["stage2"], Stage2Config),
-                           _section("select", sections["select"], SelectConfig))
+    name = str(mapping.get("name", mapping.get("preset", "custom")))
+    try:
+        return ReductionConfig(name, _section("stage1", sections["stage1"], Stage1Config),
+                               _section("stage2", sections["stage2"], Stage2Config),
+                               _section("select", sections["select"], SelectConfig))
+    except ValueError as err:       # name the config a bad value came with
+        raise ValueError(str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}") from None
 
 
 def get_preset(name: str) -> ReductionConfig:
