@@ -110,7 +110,7 @@ def test_other_families_refuse_zoo_presets(name):
 
 def test_select_config_sizes():
     assert SelectConfig("divprune", ratio=0.098).count(576) == 56      # the DivPrune default
-    assert SelectConfig("vscan", 100).output_size(576) == 98           # §5: T=100 keeps 98
+    assert SelectConfig("vscan", 100).output_size(576) == 98           # docs/BASELINES.md §5: T=100 keeps 98
     assert SelectConfig("pool", 128).output_size(576) == 121
     with pytest.raises(ValueError, match="exactly one of budget and ratio"):
         SelectConfig("random", 64, ratio=0.5)
