@@ -31,8 +31,8 @@ import numpy as np
 
 from duet_jax.models.common import layer_at
 from duet_jax.ops import rms_norm
-from duet_jax.reduction import (apply_drop, dart_select, dart_topk, drop_gather_index,
-                                keep_top_per_sample, stage2_query_mask)
+from duet_jax.reduction import (apply_drop, at_least_float32, dart_select, dart_topk,
+                                drop_gather_index, keep_top_per_sample, stage2_query_mask)
 
 
 class Sequence(NamedTuple):
@@ -128,8 +128,7 @@ def dart_drop(text, params: dict, seq: Sequence, keys, *, n_prev: np.ndarray,
     n, kept = int(n_prev[0]), int(n_new[0])
     topk = dart_topk(kept)
     hidden = rms_norm(seq.hidden, params["norm"]["scale"], text.config.rms_norm_eps)
-    wide = lambda x: x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
-    hidden, keys = wide(hidden), wide(keys)
+    hidden, keys = at_least_float32(hidden), at_least_float32(keys)
     lengths = seq.valid.sum(-1).astype(jnp.int32)
     rows = jnp.arange(seq.valid.shape[1])
 

@@ -22,13 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from duet_jax.reduction import (SHALLOW_LAYER, divprune_select, pool_tokens, random_select,
-                                vispruner_select, vscan_select)
-
-
-def _wide(x: jax.Array) -> jax.Array:
-    """float32 unless already wider: bf16 selections flip near-ties (docs/BASELINES.md §0)."""
-    return x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
+from duet_jax.reduction import (SHALLOW_LAYER, at_least_float32 as _wide, divprune_select,
+                                pool_tokens, random_select, vispruner_select, vscan_select)
 
 
 def take_rows(x: jax.Array, keep: jax.Array) -> jax.Array:

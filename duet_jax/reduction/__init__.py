@@ -18,6 +18,7 @@ from .stage2 import (DropResult, apply_drop, drop_gather_index, keep_top_image_t
 
 # The method zoo (docs/BASELINES.md §1-§7): DivPrune, DART, VisPruner, CDPruner and
 # VScan stage-1 selections, plus the random and pooling controls.
+from ._zoo import at_least_float32  # noqa: E402
 from .cdpruner import cdpruner_relevance, cdpruner_select  # noqa: E402
 from .controls import pool_bins, pool_side, pool_tokens, random_select  # noqa: E402
 from .dart import dart_kept_count, dart_select, dart_token_topk, pyset_order  # noqa: E402
@@ -41,5 +42,5 @@ __all__ = [
     "pyset_order", "vispruner_select", "vispruner_counts", "vispruner_schedule",
     "cdpruner_select", "cdpruner_relevance", "vscan_stage1", "vscan_counts",
     "random_select", "pool_tokens", "pool_side", "pool_bins", "vscan_select", "SHALLOW_LAYER",
-    "SelectConfig", "SELECT_METHODS", "METHOD_NEEDS", "DART_PIVOTS", "dart_topk",
+    "SelectConfig", "SELECT_METHODS", "at_least_float32", "METHOD_NEEDS", "DART_PIVOTS", "dart_topk",
 ]
