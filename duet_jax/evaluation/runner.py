@@ -205,14 +205,19 @@ def _progress(total: int, desc: str):
     return progress_bar(total=total, desc=desc, unit="q")
 
 
-def generate_answers(model, spec: RunSpec, questions: list[Question], pending: list[int],
-                     max_new_tokens: int) -> dict:
-    """Generate and append answers for `pending` (question indices). Returns stats."""
+def check_reduction(model, spec: RunSpec) -> None:
+    """ScoreError (one line) unless the run's reduction fits `model` and its media."""
     if spec.reduction is not None:
         try:
             model.reduction(spec.reduction, media=run_media(spec.benchmark))
         except ValueError as e:
             raise ScoreError(f"--reduction {spec.reduction_name}: {e}") from None
+
+
+def generate_answers(model, spec: RunSpec, questions: list[Question], pending: list[int],
+                     max_new_tokens: int) -> dict:
+    """Generate and append answers for `pending` (question indices). Returns stats."""
+    check_reduction(model, spec)
     shape_key = lambda q: model.shape_key(resolve_image_path(spec.images, q))  # noqa: E731
     batches = plan_batches(questions, pending, spec.batch_size, shape_key)
     writer = AnswerWriter(spec.answers, append=True)
@@ -283,6 +288,7 @@ def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
                              f"(config.json model_type 'video_llava'), a model that reads "
                              f"videos; {spec.model_path} is a {type(model).__name__}, which "
                              f"reads {' and '.join(model.media)}s")
+        check_reduction(model, spec)     # before the settings file: a refused run leaves none
         answer_file.write_run_settings(meta, settings)
         stats = generate_answers(model, spec, questions, pending, max_new_tokens)
     total = answer_file.finalize(spec.answers, questions) if os.path.exists(spec.answers) else 0
