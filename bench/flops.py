@@ -43,8 +43,10 @@ def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None, crops: int
                                                    3 * v.hidden_size, v.intermediate_size, 2)
     clip *= crops
     n0 = cfg.num_image_tokens
-    if reduction is not None and reduction.stage1 is not None:
-        n0 = reduction.stage1.output_size(v.num_patches)
+    if reduction is not None and (reduction.stage1 is not None or reduction.select is not None):
+        # Stage 1, or a zoo method at the LM input (docs/BASELINES.md §9): the work a
+        # reduction cannot avoid; the selection itself is timed in bench/selection_cost.py
+        n0 = reduction.image_tokens(v.num_patches)
     n0 *= crops
     proj = 2 * n0 * (v.hidden_size + t.hidden_size) * t.hidden_size
     lm, scoring = lm_flops(t, n0, text_tokens, reduction)

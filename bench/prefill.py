@@ -11,7 +11,8 @@ two compute the same thing.
     python bench/prefill.py [--batch 1] [--text-tokens 64] [--repeats 5] [--no-torch]
                             [--width-v 256 --width-t 512 --vocab 32064]
 
-Prints a table and writes bench/results/prefill_b{batch}.json.
+Prints a table and writes bench/results/prefill_b{batch}.json (--name: another prefix;
+the zoo rows were run as --name prefill_zoo --no-torch).
 """
 from __future__ import annotations
 
@@ -39,7 +40,17 @@ PRESETS = ["llava15-duet-192", "llava15-duet-128", "llava15-duet-64",
            "llava15-visionzip-192", "llava15-visionzip-128", "llava15-visionzip-64",
            "llava15-pdrop-192", "llava15-pdrop-128", "llava15-pdrop-64",
            "llava15-fastv-192", "llava15-fastv-128", "llava15-fastv-64"]
+# the method zoo (docs/BASELINES.md §9; cdpruner needs a CLIP text tower): JAX rows only,
+# the PyTorch peer has no zoo selections yet
+ZOO = [f"llava15-{m}-{b}" for m in ("divprune", "dart", "vispruner", "vscan", "random", "pool")
+       for b in (192, 128, 64)]
 IMAGE_AT = 5
+
+
+def is_zoo(red) -> bool:
+    """A zoo preset (a select section or DART), which the PyTorch peer does not run."""
+    return red is not None and (red.select is not None or
+                                (red.stage2 is not None and red.stage2.method == "dart"))
 
 
 @functools.partial(jax.jit, static_argnames=("module", "reduction"))
@@ -57,8 +68,10 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--text-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--presets", nargs="*", default=PRESETS)
+    ap.add_argument("--presets", nargs="*", default=PRESETS + ZOO)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--name", default="prefill", help="results file prefix "
+                    "(bench/results/{name}_b{batch}.json)")
     ap.add_argument("--width-v", type=int, default=256, help="CLIP width (multiple of 64)")
     ap.add_argument("--width-t", type=int, default=512, help="LLM width (multiple of 64)")
     ap.add_argument("--vocab", type=int, default=32064)
@@ -86,8 +99,9 @@ def main():
     jax_run = lambda red: (lambda: jax_prefill(module, params, *dev, red).block_until_ready())
     torch_run = lambda red: (lambda: reduced_prefill(hf, tids, tpix, red, IMAGE_AT))
     fns = {("jax", name): jax_run(red) for name, red in settings.items()}
-    if not args.no_torch:
-        fns.update({("torch", name): torch_run(red) for name, red in settings.items()})
+    peer = {name: red for name, red in settings.items()
+            if not args.no_torch and not is_zoo(red)}
+    fns.update({("torch", name): torch_run(red) for name, red in peer.items()})
     times = time_round_robin(fns, repeats=args.repeats)
 
     base_flops = prefill_flops(cfg, args.text_tokens)["total"]
@@ -105,12 +119,14 @@ def main():
             entry[impl] = {"seconds": t, "speedup": t_full / t,
                            "fraction_of_bound": t_full / t / bound}
             row += [f"{t*1e3:.0f}", f"{t_full / t / bound:.2f}"]
-        if not args.no_torch:
+        if name in peer:
             ours = np.asarray(jax_prefill(module, params, *dev, red))[:, 0]
             ref = reduced_prefill(hf, tids, tpix, red, IMAGE_AT).numpy()
             entry["max_abs_logit_diff"] = float(np.abs(ours - ref).max())
             entry["torch_over_jax"] = times[("torch", name)] / times[("jax", name)]
             row += [f"{entry['torch_over_jax']:.2f}", f"{entry['max_abs_logit_diff']:.1e}"]
+        elif not args.no_torch:
+            row += ["-"] * 4
         results[name] = entry
         rows.append(row)
     print(f"prefill, batch {b}, {args.text_tokens} text tokens, LLaVA-shaped "
@@ -121,7 +137,7 @@ def main():
     if not args.no_torch:
         headers += ["torch ms", "torch of bound", "torch/JAX", "max |dlogit|"]
     print_table(headers, rows)
-    path = write_json(f"prefill_b{b}.json", {"batch": b, "text_tokens": args.text_tokens,
+    path = write_json(f"{args.name}_b{b}.json", {"batch": b, "text_tokens": args.text_tokens,
                                              "repeats": args.repeats, "results": results})
     print(f"wrote {path}")
 

@@ -51,6 +51,8 @@ class Handle:
 
     media = ("image",)           # what `encode` / `generate` read besides text
     kept_pictures = True         # `eval.py run --save-kept` can draw its kept tokens
+    zoo_family = False           # runs the method zoo's `select` and DART (docs/BASELINES.md §9)
+    zoo_inputs = ()              # optional inputs zoo methods may read (reduction.METHOD_NEEDS)
 
     @functools.cached_property
     def tokenizer(self):
@@ -72,6 +74,11 @@ class Handle:
         """Resolves a preset name / config / None and checks it fits this model and media."""
         red = resolve_reduction(reduction)
         if red is not None:
+            zoo = red.select is not None or (red.stage2 is not None and red.stage2.method == "dart")
+            if zoo and not self.zoo_family:
+                method = red.select.method if red.select is not None else "dart"
+                raise ValueError(f"{red.name}: {method} is wired into LLaVA-1.5 only, not "
+                                 f"{type(self).__name__}; use this family's duet presets")
             self.check_reduction(red, media)
         return red
 

@@ -65,6 +65,7 @@ class Llava(Handle):
     module: LlavaModel
     module_class = LlavaModel    # the pure module `load` builds (LLaVA-NeXT: LlavaNextModel)
     param_axes = PARAM_AXES      # its params' logical axes (duet_jax.sharding), from its model file
+    zoo_family = True            # the zoo presets llava15-* run here (docs/BASELINES.md §9)
 
     @classmethod
     def load(cls, path: str, *, dtype: str = "float32", compute_dtype: Optional[str] = None,
@@ -82,7 +83,8 @@ class Llava(Handle):
         return cls(cfg, module, unstack_params(params, donate=True), path)
 
     def check_reduction(self, red, media: str = "image") -> None:
-        red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers)
+        red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers,
+                     inputs=self.zoo_inputs)
 
     def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None):
         """[B, L', V] float32; rows past each sample's (reduced) length are padding."""

@@ -40,6 +40,7 @@ class LlavaNext(Llava):
     """LLaVA-NeXT handle; `pixel_values` may be `NextImages` or come with `image_sizes=`."""
     module_class = LlavaNextModel
     param_axes = PARAM_AXES
+    zoo_family = False           # zoo presets are LLaVA-1.5 only (docs/BASELINES.md §9)
 
     def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None,
                image_sizes=None):

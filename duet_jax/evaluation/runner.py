@@ -264,8 +264,11 @@ def generate_answers(model, spec: RunSpec, questions: list[Question], pending: l
                 text = clean_output(text, spec.benchmark)
                 writer.write(answer_record(questions[i], text,
                                            model_id=spec.model_id, answer_id=answer_id(spec, i)))
+                # zoo `select` presets replace the block before the LM: no Stage-1 map to
+                # draw (docs/BASELINES.md §9), so --save-kept draws nothing for them
                 if has_image and i < spec.save_kept and model.kept_pictures \
-                        and spec.benchmark != "video":
+                        and spec.benchmark != "video" and (spec.reduction is None
+                                                           or spec.reduction.select is None):
                     _save_kept(model, spec, questions[i], i, batch, row, out.forward, text)
             tokens += int(lengths[:len(idxs)].sum())
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):.1f} tok/s")

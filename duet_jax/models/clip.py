@@ -151,11 +151,15 @@ class CLIPVisionTower:
         """Runs layers `0..stop_after` (inclusive; default: all of them).
 
         `probe_layer` (0-based, <= stop_after) also returns that layer's
-        `ProbeOutput`; no other layer materialises attention probabilities.
+        `ProbeOutput`; no other layer materialises attention probabilities. A tuple
+        of increasing layers returns a tuple of `ProbeOutput`s (VScan reads two).
         """
         n = self.config.num_hidden_layers
         last = n - 1 if stop_after is None else stop_after
-        if not 0 <= last < n or (probe_layer is not None and not 0 <= probe_layer <= last):
+        probes = (() if probe_layer is None else
+                  (probe_layer,) if isinstance(probe_layer, int) else tuple(probe_layer))
+        if (not 0 <= last < n or any(not 0 <= p <= last for p in probes)
+                or any(b <= a for a, b in zip(probes, probes[1:]))):
             raise ValueError(f"stop_after={stop_after}, probe_layer={probe_layer} do not fit "
                              f"a {n}-layer vision tower")
         x = self.embed(params, pixel_values)
@@ -173,16 +177,17 @@ class CLIPVisionTower:
                 hidden_states.extend(hs[i] for i in range(hi - lo))
             return x
 
-        probe = None
-        if probe_layer is None:
-            x = run(x, 0, last + 1)
-        else:
-            x = run(x, 0, probe_layer)
-            p = layer_at(params["layers"], probe_layer)
-            x, probe = layer.apply({"params": p}, x, probe=True, full_attn=probe_full_attn)
+        done, outs = 0, []
+        for index in probes:
+            x = run(x, done, index)
+            p = layer_at(params["layers"], index)
+            x, out = layer.apply({"params": p}, x, probe=True, full_attn=probe_full_attn)
+            outs.append(out)
             if output_hidden_states:
                 hidden_states.append(x)
-            x = run(x, probe_layer + 1, last + 1)
+            done = index + 1
+        x = run(x, done, last + 1)
+        probe = tuple(outs) if isinstance(probe_layer, (tuple, list)) else (outs[0] if outs else None)
         pooled = None
         if last == n - 1:
             pooled = _layer_norm(x[:, 0], params["post_layernorm"], self.config.layer_norm_eps)

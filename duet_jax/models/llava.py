@@ -18,6 +18,7 @@ from duet_jax.models.common import ACTIVATIONS, unstack_layers
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llama import PARAM_AXES as LLAMA_PARAM_AXES, LlamaModel
 from duet_jax.models.segments import Sequence, run_language_model
+from duet_jax.models.zoo import select_image_tokens
 from duet_jax.labels import IGNORE_INDEX
 
 
@@ -193,7 +194,11 @@ class LlavaModel:
         """Everything up to the final norm: final sequence, per-segment state, selections."""
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
-        feats = self.image_features(params, pixel_values, stage1)
+        select = reduction.select if reduction is not None else None
+        if select is None:
+            feats = self.image_features(params, pixel_values, stage1)
+        else:   # a zoo method at the LM input replaces Stage 1 (docs/BASELINES.md §9)
+            feats = ImageFeatures(*select_image_tokens(self, params, pixel_values, select))
         seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels,
                           images_in_every_sample, prompt_lengths, salient_mask, splice_length)
         seq, segments, kept = run_language_model(

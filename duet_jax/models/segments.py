@@ -18,6 +18,8 @@ Family hooks: the text model's `stage2_scores` (Llama: q/k without bias and
 1-D RoPE; Qwen2: biased q/k and M-RoPE) ranks, and the positions' shape
 selects their gather: `[B, L]` ids (renumbered or kept) or M-RoPE `[3, B, L]`
 ids (kept). FastV ranks with layer `hi - 1`'s own attention on its own input.
+DART (docs/BASELINES.md §2, §9) chooses with layer `hi - 1`'s post-RoPE keys and
+its output through the final norm, one sample at a time, and keeps positions.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.models.common import layer_at
-from duet_jax.reduction import (apply_drop, drop_gather_index, keep_top_per_sample,
-                                stage2_query_mask)
+from duet_jax.ops import rms_norm
+from duet_jax.reduction import (apply_drop, at_least_float32, dart_select, dart_topk,
+                                drop_gather_index, keep_top_per_sample, stage2_query_mask)
 
 
 class Sequence(NamedTuple):
@@ -112,20 +115,56 @@ def drop_image_tokens(text, layer_params: dict, seq: Sequence, score_hidden, *,
     return gather_sequence(seq, src, valid, stage2.positions), keep
 
 
-def run_segment(text, params: dict, seq: Sequence, lo: int, hi: int, fastv: bool,
-                return_kv: bool):
-    """Layers lo..hi-1 -> (seq after them, hidden the next boundary ranks with, Segment).
+def dart_drop(text, params: dict, seq: Sequence, keys, *, n_prev: np.ndarray,
+              n_new: np.ndarray, out_len: int):
+    """DART's drop (docs/BASELINES.md §2, §9): each sample's keep from `dart_select` on
+    seq.hidden (layer K-1's output) through the final norm and keys [B, L, KV, hd]
+    (layer K-1's, post-RoPE); positions kept. Each sample is rolled so its image
+    starts at row 0 (dart_select's image_start is static; the pivot visiting
+    order still hashes the original positions) and its valid length bounds the
+    text pivots. Returns (new seq, keep [B, n_new] image indices)."""
+    if not (np.all(n_prev == n_prev[0]) and np.all(n_new == n_new[0])):
+        raise ValueError("DART needs one image-token count for the whole batch")
+    n, kept = int(n_prev[0]), int(n_new[0])
+    topk = dart_topk(kept)
+    hidden = rms_norm(seq.hidden, params["norm"]["scale"], text.config.rms_norm_eps)
+    hidden, keys = at_least_float32(hidden), at_least_float32(keys)
+    lengths = seq.valid.sum(-1).astype(jnp.int32)
+    rows = jnp.arange(seq.valid.shape[1])
 
-    FastV ranks with layer hi-1's own attention, so it needs that layer's input.
+    def one(h, k, start, length):
+        order = (rows + start) % rows.shape[0]
+        return dart_select(h[order], jnp.swapaxes(k[order], 0, 1), image_start=0, n_image=n,
+                           token_topk=topk, valid_length=length - start,
+                           row_offset=start)["keep"]
+
+    keep = jax.vmap(one)(hidden, keys, seq.image_start, lengths)
+    image_start = jnp.where(seq.has_image, seq.image_start, -1)
+    src, valid = drop_gather_index(keep, image_start, lengths, ~seq.has_image, n_prev=n,
+                                   n_new=kept, out_len=out_len)
+    return gather_sequence(seq, src, valid, "keep"), keep
+
+
+def run_segment(text, params: dict, seq: Sequence, lo: int, hi: int, split: bool,
+                return_kv: bool, need_keys: bool = False):
+    """Layers lo..hi-1 -> (seq after them, hidden the next boundary ranks with,
+    layer hi-1's keys [B, L, KV, hd] when `need_keys` (else None), Segment).
+
+    FastV ranks with layer hi-1's own attention, so it needs that layer's input;
+    DART reads layer hi-1's keys: both `split` the last layer off.
     """
-    mid = hi - 1 if fastv else hi
+    mid = hi - 1 if split else hi
     h, kv = text.run_layers(params, seq.hidden, seq.positions, seq.valid, lo, mid,
                             return_kv=return_kv)
-    score_hidden = h
-    if fastv:
-        h, kv2 = text.run_layers(params, h, seq.positions, seq.valid, mid, hi, return_kv=return_kv)
-        kv = kv2 if kv is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv, kv2)
-    return seq._replace(hidden=h), score_hidden, Segment(lo, hi, seq.valid, seq.positions, kv)
+    score_hidden, keys = h, None
+    if split:
+        h, kv2 = text.run_layers(params, h, seq.positions, seq.valid, mid, hi,
+                                 return_kv=return_kv or need_keys)
+        keys = kv2[0][-1] if need_keys else None
+        if return_kv:
+            kv = kv2 if kv is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv, kv2)
+    return (seq._replace(hidden=h), score_hidden, keys,
+            Segment(lo, hi, seq.valid, seq.positions, kv))
 
 
 def run_language_model(text, params: dict, seq: Sequence, num_image, stage2, *,
@@ -153,7 +192,9 @@ def run_language_model(text, params: dict, seq: Sequence, num_image, stage2, *,
         lo, hi = bounds[s], bounds[s + 1]
         boundary_run = s < len(bounds) - 2 and counts[:, s].max() > 0
         fastv = boundary_run and stage2.method == "fastv"
-        seq, score_hidden, segment = run_segment(text, params, seq, lo, hi, fastv, return_kv)
+        dart = boundary_run and stage2.method == "dart"
+        seq, score_hidden, keys, segment = run_segment(text, params, seq, lo, hi, fastv or dart,
+                                                       return_kv, need_keys=dart)
         segments.append(segment)
         if not boundary_run:
             continue
@@ -165,6 +206,11 @@ def run_language_model(text, params: dict, seq: Sequence, num_image, stage2, *,
             out_len = length
         else:
             out_len = length - int((n_prev - n_new).min())
+        if dart:
+            seq, keep = dart_drop(text, params, seq, keys, n_prev=n_prev, n_new=n_new,
+                                  out_len=out_len)
+            kept.append(keep)
+            continue
         layer_params = layer_at(params["layers"], hi - 1 if fastv else hi)
         seq, keep = drop_image_tokens(text, layer_params, seq, score_hidden, n_prev=n_prev,
                                       n_new=n_new, stage2=stage2, out_len=out_len, train=train)

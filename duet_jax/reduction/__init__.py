@@ -18,12 +18,15 @@ from .stage2 import (DropResult, apply_drop, drop_gather_index, keep_top_image_t
 
 # The method zoo (docs/BASELINES.md §1-§7): DivPrune, DART, VisPruner, CDPruner and
 # VScan stage-1 selections, plus the random and pooling controls.
+from ._zoo import at_least_float32  # noqa: E402
 from .cdpruner import cdpruner_relevance, cdpruner_select  # noqa: E402
 from .controls import pool_bins, pool_side, pool_tokens, random_select  # noqa: E402
 from .dart import dart_kept_count, dart_select, dart_token_topk, pyset_order  # noqa: E402
 from .divprune import divprune_budget, divprune_select  # noqa: E402
 from .vispruner import vispruner_counts, vispruner_schedule, vispruner_select  # noqa: E402
-from .vscan import vscan_counts, vscan_stage1  # noqa: E402
+from .vscan import SHALLOW_LAYER, vscan_counts, vscan_select, vscan_stage1  # noqa: E402
+from .zoo_config import (DART_PIVOTS, METHOD_NEEDS, SELECT_METHODS, SelectConfig,  # noqa: E402
+                         dart_topk)
 
 __all__ = [
     "vision_merge", "vision_merge_size", "MergeResult",
@@ -38,5 +41,6 @@ __all__ = [
     "divprune_select", "divprune_budget", "dart_select", "dart_token_topk", "dart_kept_count",
     "pyset_order", "vispruner_select", "vispruner_counts", "vispruner_schedule",
     "cdpruner_select", "cdpruner_relevance", "vscan_stage1", "vscan_counts",
-    "random_select", "pool_tokens", "pool_side", "pool_bins",
+    "random_select", "pool_tokens", "pool_side", "pool_bins", "vscan_select", "SHALLOW_LAYER",
+    "SelectConfig", "SELECT_METHODS", "at_least_float32", "METHOD_NEEDS", "DART_PIVOTS", "dart_topk",
 ]

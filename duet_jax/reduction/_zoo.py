@@ -31,6 +31,12 @@ def unit_gram(x: jax.Array) -> jax.Array:
     return lax.map(lambda s: matmul_t(unit_rows(s), unit_rows(s)), x)
 
 
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """x in float32 unless already wider: callers feed selections float32 or wider,
+    since bf16/fp16 inputs flip near-ties (docs/BASELINES.md §0)."""
+    return x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
+
+
 def check_float(name: str, x: jax.Array) -> None:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating array, got {x.dtype}")

@@ -128,7 +128,8 @@ def _unit_rows_eps(x: jax.Array, eps: float = 1e-8) -> jax.Array:
                                              "n_pivot_text", "token_topk"))
 def dart_select(hidden: jax.Array, keys: jax.Array, *, image_start: int = 35,
                 n_image: int = 576, n_pivot_image: int = 4, n_pivot_text: int = 4,
-                token_topk: int, valid_length: Optional[jax.Array] = None) -> dict:
+                token_topk: int, valid_length: Optional[jax.Array] = None,
+                row_offset: Optional[jax.Array] = None) -> dict:
     """DART selection for one sample (docs/BASELINES.md §2).
 
     hidden: [S, D] layer ``K-1`` output through the final norm.
@@ -138,6 +139,11 @@ def dart_select(hidden: jax.Array, keys: jax.Array, *, image_start: int = 35,
     valid_length: optional scalar (may be traced): rows ``>= valid_length`` are
         padding and never become text pivots (the official code runs batch 1,
         unpadded). Default: every row is valid.
+    row_offset: optional scalar (may be traced): row ``s`` of the inputs is
+        sequence position ``s + row_offset`` (a caller that shifted each sample
+        so its image starts at a static row). The visiting order hashes the
+        pivots' sequence positions, so it is taken on those; returned indices
+        stay row indices. Default 0.
 
     Returns ``{"keep": [p_img + P*token_topk] int32`` ascending absolute
     positions, ``"image_pivots": [p_img]``, ``"text_pivots": [p_txt]`` (each by
@@ -168,7 +174,12 @@ def dart_select(hidden: jax.Array, keys: jax.Array, *, image_start: int = 35,
         rows = jnp.arange(b, seq)
         text_l1 = jnp.where(rows < valid_length, text_l1, -jnp.inf)
     text_pivots = (lax.top_k(text_l1, n_pivot_text)[1] + b).astype(jnp.int32)
-    pivot_order = pyset_order(jnp.concatenate([image_pivots, text_pivots]))
+    pivots = jnp.concatenate([image_pivots, text_pivots])
+    if row_offset is None:
+        pivot_order = pyset_order(pivots)
+    else:
+        offset = jnp.asarray(row_offset, jnp.int32)
+        pivot_order = pyset_order(pivots + offset) - offset
 
     hn = _unit_rows_eps(hidden)
     image_hn = hn[a:b]                                                 # [n, D]

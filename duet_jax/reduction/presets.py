@@ -13,10 +13,12 @@ from typing import Any, Mapping, Optional, Union
 from .baselines import (PDROP_DEFAULT_LAYERS, PDROP_DEFAULT_RATIOS, average_image_tokens,
                         stage_counts)
 from .stage1 import MODES, vision_merge_size
+from .dart import dart_kept_count
+from .zoo_config import DART_PIVOTS, SelectConfig, dart_topk
 
 QUERY_SETS = ("all", "last", "salient")
 POSITION_POLICIES = ("renumber", "keep")
-STAGE2_METHODS = ("pdrop", "fastv")
+STAGE2_METHODS = ("pdrop", "fastv", "dart")
 
 
 def _is_int(value) -> bool:
@@ -72,7 +74,9 @@ class Stage2Config:
     ``layers`` = boundaries ``l_1 < .. < l_S`` (drop after ``l_s`` layers ran);
     ``ratios`` = ``r_1..r_S`` relative to ``n_0``; or ``keep`` = exact counts
     per boundary (then ``ratios`` must be empty; FastV presets use it).
-    ``method='fastv'`` ranks with layer ``l_1 - 1``'s own attention on its input.
+    ``method='fastv'`` ranks with layer ``l_1 - 1``'s own attention on its input;
+    ``method='dart'`` keeps ``keep`` image tokens chosen by DART from layer ``l_1 - 1``
+    (docs/BASELINES.md §2, §9; ``keep`` = 4 + 8 x token_topk, positions kept).
     """
 
     layers: tuple
@@ -96,8 +100,13 @@ class Stage2Config:
             raise ValueError(f"stage2.layers {list(self.layers)} must be strictly increasing")
         if self.layers[0] < 1:
             raise ValueError(f"stage2.layers {list(self.layers)}: every layer must be >= 1")
-        if self.method == "fastv" and len(self.layers) != 1:
-            raise ValueError(f"fastv drops once; give one layer, got {list(self.layers)}")
+        if self.method in ("fastv", "dart") and len(self.layers) != 1:
+            raise ValueError(f"{self.method} drops once; give one layer, got {list(self.layers)}")
+        if self.method == "dart":
+            if self.keep is None or self.positions != "keep":
+                raise ValueError("stage2.method 'dart' needs keep=[n] (68, 132, 196, ..) and "
+                                 "positions='keep' (DART keeps the original positions)")
+            dart_topk(self.keep[0], "stage2")
         if self.keep is None:
             self._check_schedule("ratios", self.ratios, lambda r: 0.0 <= r <= 1.0, "in [0, 1]")
         else:
@@ -122,14 +131,25 @@ class Stage2Config:
 
 @dataclasses.dataclass(frozen=True)
 class ReductionConfig:
-    """A named Stage-1 + Stage-2 combination; either stage may be None."""
+    """A named Stage-1 (or zoo ``select``) + Stage-2 combination; any part may be None.
+
+    ``select`` is a zoo method at the LLM input (docs/BASELINES.md §9); it replaces Stage 1.
+    """
 
     name: str
     stage1: Optional[Stage1Config] = None
     stage2: Optional[Stage2Config] = None
+    select: Optional[SelectConfig] = None
+
+    def __post_init__(self):
+        if self.stage1 is not None and self.select is not None:
+            raise ValueError(f"{self.name}: give stage1 or select, not both (both reduce the "
+                             "image tokens entering the LM)")
 
     def image_tokens(self, num_patches: int, crops: int = 1) -> int:
         """``n_0``: image tokens entering the LM for ``crops`` crops/frames."""
+        if self.select is not None:
+            return crops * self.select.output_size(num_patches)
         per_crop = self.stage1.output_size(num_patches) if self.stage1 else num_patches
         return crops * per_crop
 
@@ -138,13 +158,16 @@ class ReductionConfig:
         return self.stage2.image_counts(n0) if self.stage2 else [int(n0)]
 
     def validate(self, num_patches: int, num_layers: int, *, crops: int = 1,
-                 allow_clipping: bool = False) -> "ReductionConfig":
+                 allow_clipping: bool = False, inputs=()) -> "ReductionConfig":
         """Raise ValueError if this config cannot run on the model; returns self.
 
         ``allow_clipping`` accepts Stage-1 counts beyond the patch count (they
         are clipped as in docs/ALGORITHM.md §2.6); Qwen-style configs always clip.
+        ``inputs``: the optional model inputs the checkpoint offers (zoo_config.METHOD_NEEDS).
         """
         s1, s2 = self.stage1, self.stage2
+        if self.select is not None:
+            self.select.check(self.name, num_patches, inputs)
         if s1 is not None and s1.cls_token:
             if s1.dominant > num_patches:
                 raise ValueError(f"{self.name}: dominant={s1.dominant} exceeds the "
@@ -162,7 +185,7 @@ class ReductionConfig:
             n0 = self.image_tokens(num_patches, crops)
             if s2.keep is not None and s2.keep[0] > n0:
                 raise ValueError(f"{self.name}: stage2.keep={s2.keep[0]} exceeds the {n0} "
-                                 "image tokens entering the LM")
+                                 "image tokens entering the LM; lower stage2.keep")
         return self
 
     def to_dict(self) -> dict:
@@ -172,7 +195,10 @@ class ReductionConfig:
                 return None
             return {k: list(v) if isinstance(v, tuple) else v
                     for k, v in dataclasses.asdict(cfg).items()}
-        return {"name": self.name, "stage1": plain(self.stage1), "stage2": plain(self.stage2)}
+        out = {"name": self.name, "stage1": plain(self.stage1), "stage2": plain(self.stage2)}
+        if self.select is not None:
+            out["select"] = plain(self.select)
+        return out
 
 
 def average_visual_tokens(config, num_patches: int, num_layers: int, crops: int = 1) -> float:
@@ -212,7 +238,7 @@ def from_dict(mapping: Mapping[str, Any]) -> ReductionConfig:
     ``{preset: NAME, stage1: {...}, stage2: {...}}`` starts from a preset and
     overrides the given keys of each section (a null section removes it).
     """
-    allowed = ("name", "preset", "stage1", "stage2")
+    allowed = ("name", "preset", "stage1", "stage2", "select")
     for key in mapping:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=2)
@@ -221,14 +247,18 @@ def from_dict(mapping: Mapping[str, Any]) -> ReductionConfig:
                                 else f"; valid: {list(allowed)}"))
     base = get_preset(mapping["preset"]).to_dict() if "preset" in mapping else {}
     sections = {}
-    for section in ("stage1", "stage2"):
+    for section in ("stage1", "stage2", "select"):
         value = mapping.get(section, base.get(section))
         if section in mapping and isinstance(value, Mapping) and base.get(section):
             value = {**base[section], **dict(value)}
         sections[section] = value
-    name = mapping.get("name", mapping.get("preset", "custom"))
-    return ReductionConfig(str(name), _section("stage1", sections["stage1"], Stage1Config),
-                           _section("stage2", sections["stage2"], Stage2Config))
+    name = str(mapping.get("name", mapping.get("preset", "custom")))
+    try:
+        return ReductionConfig(name, _section("stage1", sections["stage1"], Stage1Config),
+                               _section("stage2", sections["stage2"], Stage2Config),
+                               _section("select", sections["select"], SelectConfig))
+    except ValueError as err:       # name the config a bad value came with
+        raise ValueError(str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}") from None
 
 
 def get_preset(name: str) -> ReductionConfig:
@@ -278,13 +308,19 @@ VIDEOLLAVA_DUET = {960: (160, 32), 136: (20, 7)}                     # per frame
 LLAVAOV_DUET = {810: (215, 44), 403: (91, 38), 203: (57, 8)}
 LLAVAOV_STAGE2 = Stage2Config(layers=(14, 21), ratios=(0.5, 0.0))
 QWEN_DUET = {"640": (870, 153), "320": (517, 91), "160": (207, 36), "640-scripts": (540, 100)}
+# The zoo (docs/BASELINES.md §6, §9). Kept at the LM input: the budget, except pool
+# (floor(sqrt(k))^2 = 64/121/169). DART keeps 4 + 8 * (budget // 8) = 68/132/196 from
+# layer 2 on (per-layer average 99.75/159.75/219.75); VScan T -> layer-16 keep is 3:1.
+ZOO_SELECT = ("divprune", "vispruner", "cdpruner", "random", "pool")
+VSCAN_BUDGETS = {192: (288, 96), 128: (192, 64), 64: (96, 32)}
+DART_LAYER = 2
 
 
 def _build_presets():
     presets, targets = {}, {}
 
-    def add(name, stage1, stage2, target=None, patches=576, layers=32, crops=1):
-        presets[name] = ReductionConfig(name, stage1, stage2)
+    def add(name, stage1, stage2, target=None, patches=576, layers=32, crops=1, select=None):
+        presets[name] = ReductionConfig(name, stage1, stage2, select)
         if target is not None:
             targets[name] = (target, patches, layers, crops)
 
@@ -314,6 +350,19 @@ def _build_presets():
             patches=729, layers=28, crops=5)
     for suffix, (d, c) in QWEN_DUET.items():   # image-dependent budget: no target
         add(f"qwen25vl-duet-{suffix}", Stage1Config(d, c, cls_token=False), QWEN_STAGE2)
+    for budget, (t, keep) in VSCAN_BUDGETS.items():
+        for method in ZOO_SELECT:
+            # cdpruner validates only with a CLIP text tower, so it has no checked target
+            exact = (SelectConfig(method, budget).output_size(576) == budget
+                     and method != "cdpruner")
+            add(f"llava15-{method}-{budget}", None, None, budget if exact else None,
+                select=SelectConfig(method, budget))
+        add(f"llava15-dart-{budget}", None,
+            Stage2Config((DART_LAYER,), (), positions="keep", method="dart",
+                         keep=(dart_kept_count(*DART_PIVOTS, budget // sum(DART_PIVOTS)),)))
+        add(f"llava15-vscan-{budget}", None,
+            Stage2Config((16,), (), queries="last", keep=(keep,)), budget,
+            select=SelectConfig("vscan", t))
     return presets, targets
 
 

@@ -98,9 +98,20 @@ def vscan_stage1(cls_attn_layers: jax.Array, projected: jax.Array, T: int) -> di
     if layers <= SHALLOW_LAYER:
         raise ValueError(f"VScan reads layer {SHALLOW_LAYER}; got {layers} layers")
     check_count("T", T, 1, n)
+    return vscan_select(cls_attn_layers[SHALLOW_LAYER], cls_attn_layers[DEEP_LAYER], projected, T)
+
+
+@functools.partial(jax.jit, static_argnames=("T",))
+def vscan_select(shallow_attn: jax.Array, deep_attn: jax.Array, projected: jax.Array,
+                 T: int) -> dict:
+    """:func:`vscan_stage1` from the two layers it reads: shallow_attn, deep_attn
+    [B, H, N] CLS-query attention of CLIP layers 5 and -2 (the LLaVA forward
+    probes only those, docs/BASELINES.md §9); same returns."""
+    b, n = projected.shape[:2]
+    check_count("T", T, 1, n)
     c = vscan_counts(T, n)
-    shallow = jnp.mean(cls_attn_layers[SHALLOW_LAYER], axis=1)          # [B, N]
-    deep = jnp.mean(cls_attn_layers[DEEP_LAYER], axis=1)
+    shallow = jnp.mean(shallow_attn, axis=1)                            # [B, N]
+    deep = jnp.mean(deep_attn, axis=1)
     local = window_local_scan(shallow, c["k_w"])
     deep = deep.at[jnp.arange(b)[:, None], local].set(0)
     global_ = lax.top_k(deep, c["n_glob"])[1].astype(jnp.int32)

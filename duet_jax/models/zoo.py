@@ -1,0 +1,79 @@
+"""Zoo methods at the LLaVA LM input: the image rows a `SelectConfig` lets through
+(docs/BASELINES.md §9).
+
+One function for every method of the ``select`` section; it reads the tower
+the way the method's paper does and returns the rows that replace the 576
+projected patches:
+
+* VisPruner: penultimate-layer patches + that layer's CLS attention, selected
+  before the projector (the projector acts per row, so projecting the kept
+  rows equals gathering projected rows);
+* VScan stage 1: CLS attention of CLIP layers 5 and -2, merge in projector space;
+* DivPrune, random, pool: projector outputs;
+* CDPruner: needs CLIP text embeddings of the question, which a LLaVA
+  checkpoint lacks (``ReductionConfig.validate`` refuses it first).
+
+Selections run in float32 at least (docs/BASELINES.md §0); the kept rows are
+gathered from the model-dtype tensors. DART is a Stage-2 method
+(`duet_jax.models.segments`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from duet_jax.reduction import (SHALLOW_LAYER, at_least_float32 as _wide, divprune_select,
+                                pool_tokens, random_select, vispruner_select, vscan_select)
+
+
+def take_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
+    """x [B, N, D], keep [B, K] -> [B, K, D]."""
+    return jnp.take_along_axis(x, keep[:, :, None], axis=1)
+
+
+def select_image_tokens(model, params: dict, pixel_values: jax.Array, select) -> tuple:
+    """pixel_values [B, 3, H, W] -> (tokens [B, K, Dt], positions [B, K] or None).
+
+    `model`: a `LlavaModel` (its `vision`, `project` and config); `select`: a
+    `SelectConfig`. positions are vision-sequence positions of the kept patches
+    (CLS = 0, patch p = p + 1; None for pooled cells), as Stage 1 reports them.
+    """
+    cfg = model.config
+    if cfg.vision_feature_select_strategy != "default":
+        raise ValueError(f"{select.method} selects among patch tokens; this checkpoint keeps "
+                         "CLS (vision_feature_select_strategy='full')")
+    layer = cfg.feature_layer_index
+    num_patches = cfg.vision.num_patches
+    k = select.count(num_patches)
+    method = select.method
+    vision = model.vision
+    if method == "vispruner":
+        out = vision.apply(params["vision"], pixel_values, stop_after=layer, probe_layer=layer)
+        feats = out.hidden[:, 1:]
+        keep = vispruner_select(_wide(feats), _wide(out.probe.cls_attn), k,
+                                select.important_ratio)["keep"]
+        return model.project(params, take_rows(feats, keep)), keep + 1
+    if method == "vscan":
+        deep = cfg.vision.num_hidden_layers - 2
+        if not SHALLOW_LAYER < deep <= layer:
+            raise ValueError(f"vscan reads CLIP layers {SHALLOW_LAYER} and {deep}; this tower "
+                             f"stops at layer {layer}")
+        out = vision.apply(params["vision"], pixel_values, stop_after=layer,
+                           probe_layer=(SHALLOW_LAYER, deep))
+        projected = model.project(params, out.hidden[:, 1:])
+        sel = vscan_select(_wide(out.probe[0].cls_attn), _wide(out.probe[1].cls_attn),
+                           projected, k)
+        return sel["merged"], sel["keep"] + 1
+    if method == "cdpruner":
+        raise ValueError("cdpruner needs CLIP text embeddings of the question (a CLIP text "
+                         "tower), which LLaVA checkpoints lack; use cdpruner_select directly")
+    out = vision.apply(params["vision"], pixel_values, stop_after=layer)
+    projected = model.project(params, out.hidden[:, 1:])
+    if method == "pool":
+        return pool_tokens(projected, k)["tokens"], None
+    if method == "divprune":
+        keep = divprune_select(_wide(projected), k)["keep"]
+    else:                     # random: sample b depends on (seed, b) only
+        keep = random_select(jax.random.key(select.seed), projected.shape[0], k,
+                             num_patches)["keep"]
+    return take_rows(projected, keep), keep + 1

@@ -1,0 +1,109 @@
+"""The ``select`` section of a ReductionConfig: one zoo method at the LLM input (docs/BASELINES.md §9).
+
+DivPrune, VisPruner, CDPruner, VScan stage 1 and the random / pool controls
+replace the image rows entering the LM by a static-size subset (or merge /
+pool) of them. DART acts inside the LM and is a Stage-2 method instead
+(``Stage2Config(method="dart")``); VScan's second stage is an ordinary Stage 2
+with ``queries="last"``. This module holds only pure data and the static
+size arithmetic; the wiring lives in ``duet_jax.models.zoo``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+from .controls import pool_side
+from .dart import dart_kept_count
+from .vispruner import vispruner_schedule
+from .vscan import vscan_counts
+
+SELECT_METHODS = ("divprune", "vispruner", "cdpruner", "vscan", "random", "pool")
+# model inputs a method reads beyond the LLaVA checkpoint's own modules
+METHOD_NEEDS = {"cdpruner": ("clip_text_tower",)}
+INPUT_HINTS = {"clip_text_tower": "the CLIP text tower and visual projection (text_embeds of the "
+                                  "question, image_embeds of the patches)"}
+DART_PIVOTS = (4, 4)   # (p_img, p_txt): the official defaults (docs/BASELINES.md §2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    """A zoo method at the LLM input (docs/BASELINES.md §9).
+
+    ``budget``: tokens to keep (DivPrune ``k``, VisPruner / CDPruner / VScan ``T``,
+    random ``k``, pool ``k`` -> ``floor(sqrt(k))^2`` cells), or ``ratio`` of the
+    patches (``int(round(ratio * N))``, DivPrune's ``SUBSET_RATIO``); give one.
+    ``important_ratio``: VisPruner's share of important tokens. ``seed``: random's key.
+    """
+
+    method: str
+    budget: Optional[int] = None
+    ratio: Optional[float] = None
+    important_ratio: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in SELECT_METHODS:
+            raise ValueError(f"select.method={self.method!r} is not one of {SELECT_METHODS}")
+        if (self.budget is None) == (self.ratio is None):
+            raise ValueError(f"select needs exactly one of budget and ratio (got budget="
+                             f"{self.budget!r}, ratio={self.ratio!r}); give one")
+        if self.budget is not None and (isinstance(self.budget, bool)
+                                        or not isinstance(self.budget, int) or self.budget < 1):
+            raise ValueError(f"select.budget={self.budget!r} must be an int >= 1")
+        if self.ratio is not None and not 0.0 < float(self.ratio) <= 1.0:
+            raise ValueError(f"select.ratio={self.ratio!r} is outside (0, 1]; give a fraction "
+                             "of the patches such as 0.098")
+        if not 0.0 < float(self.important_ratio) <= 1.0:
+            raise ValueError(f"select.important_ratio={self.important_ratio!r} is outside (0, 1]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"select.seed={self.seed!r} must be an int")
+
+    def count(self, num_patches: int) -> int:
+        """The method's budget knob for ``num_patches`` patches (a Python int)."""
+        return self.budget if self.budget is not None else int(round(self.ratio * num_patches))
+
+    def output_size(self, num_patches: int) -> int:
+        """Image tokens entering the LM: pool keeps ``side^2``, VScan ``16 k_w + n_glob``."""
+        k = self.count(num_patches)
+        if self.method == "pool":
+            return pool_side(k) ** 2
+        if self.method == "vscan":
+            return vscan_counts(k, num_patches)["kept"]
+        return k
+
+    def check(self, name: str, num_patches: int, inputs=()) -> None:
+        """ValueError naming preset ``name`` and the fix, before anything compiles."""
+        k = self.count(num_patches)
+        key = "select.budget" if self.budget is not None else f"select.ratio={self.ratio}"
+        if not 1 <= k <= num_patches:
+            raise ValueError(f"{name}: {self.method} keeps {k} tokens ({key}) but the model "
+                             f"has {num_patches} image patches; give a budget in [1, "
+                             f"{num_patches}]")
+        missing = [need for need in METHOD_NEEDS.get(self.method, ()) if need not in inputs]
+        if missing:
+            raise ValueError(f"{name}: {self.method} needs {INPUT_HINTS[missing[0]]}, which "
+                             f"this checkpoint lacks ({missing[0]}); use a checkpoint that "
+                             "carries one or another preset")
+        side = math.isqrt(num_patches)
+        if self.method in ("pool", "vscan") and side * side != num_patches:
+            raise ValueError(f"{name}: {self.method} needs a square patch grid, not "
+                             f"{num_patches} patches; use another method")
+        try:
+            if self.method == "vispruner":
+                vispruner_schedule(num_patches, k, self.important_ratio)
+            if self.method == "vscan":
+                vscan_counts(k, num_patches)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+
+
+def dart_topk(keep: int, name: str = "dart") -> int:
+    """DART picks per pivot from its kept count ``p_img + P * token_topk``;
+    ValueError where ``keep`` is not of that form (68, 132, 196 are)."""
+    p_img, p_txt = DART_PIVOTS
+    topk, rest = divmod(keep - p_img, p_img + p_txt)
+    if keep < p_img or rest or dart_kept_count(p_img, p_txt, topk) != keep:
+        raise ValueError(f"{name}: DART keeps {p_img} + {p_img + p_txt} x token_topk image tokens; "
+                         f"stage2.keep={keep} is not of that form (e.g. 68, 132, 196)")
+    return topk

@@ -1,0 +1,119 @@
+"""Zoo presets and their bad-input errors (docs/BASELINES.md §6, §9).
+
+Expected counts and averages are the numbers docs/BASELINES.md §6/§9 print
+(DART 68/132/196 kept from layer 2; pool 64/121/169; VScan 96->32, 192->64,
+288->96), not recomputed with the code under test.
+"""
+from types import SimpleNamespace
+
+import pytest
+
+from duet_jax.api.base import Handle
+from duet_jax.api.llava import Llava
+from duet_jax.reduction import (PRESETS, SelectConfig, Stage2Config, average_visual_tokens,
+                                from_dict, get_preset)
+
+METHODS = ("divprune", "dart", "vispruner", "cdpruner", "vscan", "random", "pool")
+# budget: (image tokens entering the LM per method, DART kept, VScan after layer 16)
+LM_INPUT = {192: {"pool": 169, "vscan": 288}, 128: {"pool": 121, "vscan": 192},
+            64: {"pool": 64, "vscan": 96}}
+DART_KEPT = {192: 196, 128: 132, 64: 68}
+DART_AVERAGE = {192: 219.75, 128: 159.75, 64: 99.75}
+VSCAN_AFTER = {192: 96, 128: 64, 64: 32}
+
+
+def llava_handle(patches=576, layers=32):
+    """A LLaVA-1.5 handle with only what `Handle.reduction` reads (no weights)."""
+    config = SimpleNamespace(vision=SimpleNamespace(num_patches=patches),
+                             text=SimpleNamespace(num_hidden_layers=layers))
+    return Llava(config, None, None)
+
+
+@pytest.mark.parametrize("budget", [192, 128, 64])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_zoo_preset_exists_with_its_real_counts(method, budget):
+    config = get_preset(f"llava15-{method}-{budget}")
+    n0 = config.image_tokens(576)
+    counts = config.image_counts(n0)
+    if method == "dart":
+        assert counts == [576, DART_KEPT[budget]]
+        assert config.stage2.layers == (2,) and config.stage2.positions == "keep"
+        assert average_visual_tokens(config, 576, 32) == DART_AVERAGE[budget]
+    elif method == "vscan":
+        assert counts == [LM_INPUT[budget]["vscan"], VSCAN_AFTER[budget]]
+        assert config.stage2.layers == (16,) and config.stage2.queries == "last"
+        assert average_visual_tokens(config, 576, 32) == budget
+    else:
+        assert counts == [LM_INPUT[budget].get(method, budget)]
+        assert average_visual_tokens(config, 576, 32) == LM_INPUT[budget].get(method, budget)
+    assert from_dict(config.to_dict()) == config
+    if method != "cdpruner":
+        llava_handle().reduction(config.name)
+
+
+@pytest.mark.parametrize("budget", [192, 128, 64])
+def test_cdpruner_needs_a_clip_text_tower(budget):
+    name = f"llava15-cdpruner-{budget}"
+    with pytest.raises(ValueError, match=f"^{name}: cdpruner needs .*CLIP text tower.*"
+                                         "clip_text_tower.*; use "):
+        llava_handle().reduction(name)
+    # a checkpoint offering the input passes the check
+    get_preset(name).validate(576, 32, inputs=("clip_text_tower",))
+
+
+@pytest.mark.parametrize("mapping,match", [
+    ({"preset": "llava15-divprune-64", "select": {"budget": 700}},
+     r"^llava15-divprune-64: divprune keeps 700 tokens \(select.budget\).*576 image patches; "
+     r"give a budget"),
+    ({"preset": "llava15-random-64", "select": {"budget": None, "ratio": 1.5}},
+     r"^llava15-random-64: select.ratio=1.5 is outside \(0, 1\]"),
+    ({"preset": "llava15-divprune-64", "select": {"budget": None, "ratio": 0.0}},
+     r"^llava15-divprune-64: select.ratio=0.0 is outside \(0, 1\]"),
+    ({"preset": "llava15-vispruner-64", "select": {"important_ratio": 0.0}},
+     r"^llava15-vispruner-64: select.important_ratio=0.0 is outside \(0, 1\]"),
+    ({"preset": "llava15-vispruner-64", "select": {"budget": 63}},
+     r"^llava15-vispruner-64: VisPruner .* odd .*pick T or the ratio"),
+    ({"preset": "llava15-vscan-64", "stage2": {"keep": [100]}},
+     r"^llava15-vscan-64: stage2.keep=100 exceeds the 96 image tokens.*lower stage2.keep"),
+    ({"preset": "llava15-dart-64", "stage2": {"keep": [70]}},
+     r"^llava15-dart-64: .*DART keeps 4 \+ 8 x token_topk.*keep=70"),
+    ({"preset": "llava15-dart-64", "stage2": {"positions": "renumber"}},
+     r"^llava15-dart-64: .*dart' needs keep=\[n\].*positions='keep'"),
+    ({"preset": "llava15-pool-64", "select": {"method": "median"}},
+     r"^llava15-pool-64: select.method='median' is not one of"),
+    ({"preset": "llava15-dart-64", "select": {"method": "pool", "budget": 64},
+      "stage1": {"dominant": 10, "contextual": 2}},
+     r"^llava15-dart-64: give stage1 or select, not both"),
+])
+def test_bad_zoo_input_is_one_line_naming_the_preset_and_the_fix(mapping, match):
+    with pytest.raises(ValueError, match=match) as err:
+        llava_handle().reduction(mapping)
+    assert "\n" not in str(err.value)
+
+
+def test_a_budget_beyond_a_smaller_tower_is_refused_before_compiling():
+    handle = llava_handle(patches=144, layers=4)
+    with pytest.raises(ValueError, match="llava15-divprune-192: divprune keeps 192 tokens"):
+        handle.reduction("llava15-divprune-192")
+    with pytest.raises(ValueError, match="llava15-dart-192: stage2.keep=196 exceeds the 144"):
+        handle.reduction("llava15-dart-192")
+
+
+@pytest.mark.parametrize("name", ["llava15-dart-64", "llava15-pool-128"])
+def test_other_families_refuse_zoo_presets(name):
+    class OtherFamily(Handle):
+        def check_reduction(self, red, media):
+            raise AssertionError("the zoo check comes first")
+    with pytest.raises(ValueError, match=f"^{name}: .* LLaVA-1.5 only, not OtherFamily"):
+        OtherFamily(None, None, None).reduction(name)
+
+
+def test_select_config_sizes():
+    assert SelectConfig("divprune", ratio=0.098).count(576) == 56      # the DivPrune default
+    assert SelectConfig("vscan", 100).output_size(576) == 98           # docs/BASELINES.md §5: T=100 keeps 98
+    assert SelectConfig("pool", 128).output_size(576) == 121
+    with pytest.raises(ValueError, match="exactly one of budget and ratio"):
+        SelectConfig("random", 64, ratio=0.5)
+    with pytest.raises(ValueError, match="drops once"):
+        Stage2Config((2, 8), (), positions="keep", method="dart", keep=(68, 20))
+    assert sum(1 for n in PRESETS if n.split("-")[1] in METHODS) == 21
