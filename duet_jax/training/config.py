@@ -291,8 +291,14 @@ def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"config 'base' chain loops back to {path}")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML ({where}"
+                          f"{getattr(e, 'problem', None) or e}); fix its syntax") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: a config file must hold a mapping")
     raw = resolve_paths(raw, os.path.dirname(path))

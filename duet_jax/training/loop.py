@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import jax
 import yaml
 
+from duet_jax.checkpoints.orbax_io import cast_dtype
 from duet_jax.data.llava_json import SampleEncoder, load_records
 from duet_jax.data.images import load_image_processor
 from duet_jax.data.loader import LoaderConfig, TrainBatchIterator
@@ -139,6 +140,16 @@ def check_inputs(cfg: TrainConfig) -> None:
     if not os.path.isfile(cfg.data.train_json):
         raise ConfigError(f"data.train_json: no such file ({cfg.data.train_json}); give the "
                           "path of a LLaVA-JSON file")
+    for key in ("model.checkpoint", "model.tokenizer", "model.vision_tower"):
+        path = getattr(cfg.model, key.split(".")[1])
+        if path and not os.path.exists(path):
+            raise ConfigError(f"{key}: no such file or folder ({path}); give an existing path "
+                              "or leave it unset")
+    if cfg.checkpoint.export_dtype is not None:
+        try:
+            cast_dtype(cfg.checkpoint.export_dtype)
+        except ValueError as e:
+            raise ConfigError(f"checkpoint.export_dtype: {e}") from None
     if cfg.data.image_folder and not os.path.isdir(cfg.data.image_folder):
         raise ConfigError(f"data.image_folder: no such folder ({cfg.data.image_folder}); give "
                           "the folder the records' image paths are relative to")
