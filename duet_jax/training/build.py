@@ -80,12 +80,20 @@ def model_config(cfg: TrainConfig, tokenizer) -> LlavaConfig:
                                pad_token_id=tokenizer.pad_token_id)
 
 
-def reduction_for(cfg: TrainConfig, model_cfg: LlavaConfig):
-    """The ReductionConfig of cfg.reduction, checked against the model (None: full tokens)."""
+def resolve_reduction_name(cfg: TrainConfig):
+    """The ReductionConfig that cfg.reduction names (not yet checked against a model)."""
     from duet_jax.reduction import resolve_reduction
 
     try:
-        red = resolve_reduction(cfg.reduction)
+        return resolve_reduction(cfg.reduction)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"reduction: {e}") from None
+
+
+def reduction_for(cfg: TrainConfig, model_cfg: LlavaConfig):
+    """The ReductionConfig of cfg.reduction, checked against the model (None: full tokens)."""
+    red = resolve_reduction_name(cfg)
+    try:
         if red is not None:
             red.validate(model_cfg.vision.num_patches, model_cfg.text.num_hidden_layers)
     except (TypeError, ValueError) as e:

@@ -346,8 +346,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
                 **{f"data.length_buckets[{i}]": n for i, n in enumerate(cfg.data.length_buckets)},
                 **{f"model.random.{k}": v for k, v in
                    dataclasses.asdict(cfg.model.random or RandomModelConfig()).items()}}
-    at_least_zero = {"optim.weight_decay": o.weight_decay, "data.num_threads": cfg.data.num_threads,
-                     "data.prefetch": cfg.data.prefetch}
+    at_least_zero = {"seed": cfg.seed, "optim.weight_decay": o.weight_decay,
+                     "data.num_threads": cfg.data.num_threads, "data.prefetch": cfg.data.prefetch}
     below_one = {"optim.b1": o.b1, "optim.b2": o.b2}
     for key, value in {**positive, **at_least_zero, **below_one}.items():
         low_ok = value > 0 if key in positive else value >= 0
@@ -378,6 +378,11 @@ def validate(cfg: TrainConfig) -> None:
                           "random model)")
     if not cfg.data.train_json:
         raise ConfigError("data.train_json is required (a LLaVA-JSON file)")
+    d = cfg.distributed
+    if d.num_processes is not None and (d.num_processes < 1 or not 0 <= (d.process_id or 0)
+                                        < d.num_processes):
+        raise ConfigError(f"distributed.process_id={d.process_id} with num_processes="
+                          f"{d.num_processes}; process ids run from 0 to num_processes - 1")
     choices = {"optim.schedule": (cfg.optim.schedule, ("cosine", "linear", "constant")),
                "optim.recipe": (cfg.optim.recipe, ("finetune", "pretrain", "full"))}
     for key, (value, allowed) in choices.items():

@@ -19,6 +19,7 @@ import jax
 import yaml
 
 from duet_jax.checkpoints.orbax_io import cast_dtype
+from duet_jax.data.conversation import get_template
 from duet_jax.data.llava_json import SampleEncoder, load_records
 from duet_jax.data.images import load_image_processor
 from duet_jax.data.loader import LoaderConfig, TrainBatchIterator
@@ -127,6 +128,12 @@ def _warn(line: str) -> None:
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Paths the run reads and the folder it writes, checked before anything is written."""
+    if not cfg.output_dir:
+        raise ConfigError("output_dir is empty; give the folder the run writes into")
+    try:
+        get_template(cfg.data.template)
+    except ValueError as e:
+        raise ConfigError(f"data.template: {e}") from None
     out = os.path.abspath(cfg.output_dir)
     existing = out
     while not os.path.exists(existing):
@@ -145,6 +152,8 @@ def check_inputs(cfg: TrainConfig) -> None:
         if path and not os.path.exists(path):
             raise ConfigError(f"{key}: no such file or folder ({path}); give an existing path "
                               "or leave it unset")
+    build.compute_dtypes(cfg)               # ConfigError naming model.dtype / param_dtype
+    build.resolve_reduction_name(cfg)       # the preset or shape; fitted to the model later
     if cfg.checkpoint.export_dtype is not None:
         try:
             cast_dtype(cfg.checkpoint.export_dtype)

@@ -7,9 +7,13 @@ from tests.training.conftest import SMALL, TINY_JSON, TINY_YAML
 
 
 def _main(capsys, assets_dir, tmp_path, *overrides):
+    """train.py's exit code and last stderr line; "distributed.process_id=..." alone comes
+    with num_processes=2 (and no initialize: validation runs first)."""
     from train import main
 
     args = ["--config", TINY_YAML]
+    if any(o.startswith("distributed.process_id=") for o in overrides):
+        overrides = (*overrides, "distributed.num_processes=2")
     for o in [*SMALL, f"model.tokenizer={assets_dir}", f"output_dir={tmp_path / 'out'}", *overrides]:
         args += ["--set", o]
     code = main(args)
@@ -114,17 +118,29 @@ def _write(tmp_path, name, text):
     (lambda t: "data.length_buckets=[0]", "data.length_buckets[0]=0 is out of range"),
     (lambda t: "model.random.text_layers=0", "model.random.text_layers=0 is out of range"),
     (lambda t: "checkpoint.export_dtype=int8", "checkpoint.export_dtype:"),
+    (lambda t: "seed=-1", "seed=-1 is out of range; it must be >= 0"),
+    (lambda t: "data.template=bogus", "data.template: unknown conversation template 'bogus'"),
+    (lambda t: "model.dtype=int8", "model.dtype 'int8' is not supported"),
+    (lambda t: "distributed.process_id=2", "distributed.process_id=2 with num_processes=2"),
+    (lambda t: "reduction.stage1.dominant=-3", "reduction:"),
     (lambda t: f"output_dir={_write(t, 'a_file', '')}", "is not a folder"),
     (lambda t: f"output_dir={_write(t, 'b_file', '')}/under", "is not a folder"),
 ], ids=["json-truncated", "json-empty-list", "json-object", "json-zero-bytes", "jsonl-bad-line",
         "json-missing", "image-folder-missing", "checkpoint-missing", "max-length-0", "lr-negative",
         "lr-nan", "beta-1.5", "warmup-2", "global-batch-0", "micro-batch-0", "max-steps-0",
         "mesh-0", "threads-negative", "bucket-0", "random-layers-0", "export-dtype-int8",
+        "seed-negative", "template-unknown", "dtype-int8", "process-id-2-of-2",
+        "reduction-negative",
         "output-dir-file", "output-dir-under-file"])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, assets_dir, tmp_path, make, message):
     code, line = _main(capsys, assets_dir, tmp_path, make(tmp_path))
     assert code == 2 and line.startswith("error:") and message in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_empty_output_dir_writes_nothing_to_the_working_directory(capsys, assets_dir, tmp_path):
+    code, line = _main(capsys, assets_dir, tmp_path, "output_dir=")
+    assert code == 2 and line == "error: output_dir is empty; give the folder the run writes into"
 
 
 def test_malformed_config_yaml(capsys, tmp_path):

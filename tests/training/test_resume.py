@@ -91,3 +91,39 @@ def test_changed_run_keys_are_refused_unless_allowed(capsys, finished):
                                               "resume.allow_changes=true"])
     assert code == 0, err[-5:]
     assert f"resumed from {out}/checkpoints/2" in stdout and "done: 3 steps" in stdout
+
+
+def test_sigterm_saves_the_step_under_way_and_exits_143(assets_dir, tmp_path):
+    """One process: SIGTERM sets a flag; the step under way finishes, is saved, exit 143
+    (the 2-process case, through JAX's preemption service, is in test_multiprocess.py)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from duet_jax.training.metrics import read_metrics
+    from tests.training.conftest import ROOT
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--config", TINY_YAML]
+    for o in [*SMALL, f"model.tokenizer={assets_dir}", f"output_dir={out}", *RUN,
+              "max_steps=30", "checkpoint.save_every=100"]:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 300
+        while not read_metrics(str(out / "metrics.jsonl")):
+            assert proc.poll() is None and time.time() < deadline, "no step logged in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    saved = [int(s) for s in os.listdir(out / "checkpoints")]
+    assert len(saved) == 1 and 1 <= saved[0] < 24      # 4 epochs of 6 steps: 24 < max_steps
+    assert f"stopped by SIGTERM after step {saved[0]} of 24;" in err
+    assert [r["step"] for r in read_metrics(str(out / "metrics.jsonl"))] == list(range(1, saved[0] + 1))
