@@ -8,6 +8,7 @@ barrier, so no process exits while process 0 still writes.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ def export_trained(params: dict, model_cfg: LlavaConfig, assets: str, output_dir
     if is_main():
         shutil.rmtree(final, ignore_errors=True)
         shutil.rmtree(hf_dir, ignore_errors=True)
+        for stale in glob.glob(os.path.join(output_dir, ".hf.partial-*")):   # a killed export's
+            shutil.rmtree(stale, ignore_errors=True)
     barrier("export cleared")
     save_params(os.path.join(final, PARAMS_SUBDIR), params)
     host = host_copy(params, keep=is_main()) if hf else None

@@ -106,6 +106,7 @@ def test_two_processes_finish_like_one(overrides, reference, tmp_path):
     from duet_jax.training.metrics import read_metrics
 
     out = tmp_path / "run"
+    (out / ".hf.partial-12345").mkdir(parents=True)       # left by an export killed earlier
     t0 = time.time()
     ended = _launch(overrides + ["checkpoint.export_hf=true"], out)
     seconds = time.time() - t0
