@@ -81,6 +81,7 @@ class Checkpoints:
                      f"moved to {aside}, resuming from the previous one")
                 tried.append(step)
         if tried:
+            self.close()    # the run ends here: no orbax thread left behind
             raise CheckpointError(
                 f"no checkpoint in {self.directory} is readable (tried steps "
                 f"{', '.join(map(str, tried))}, now in {self._aside_root}); start the run "
