@@ -76,6 +76,29 @@ def validate_record(record: Any, index: int, *, template: str = "vicuna_v1") -> 
                          "human + one gpt turn")
 
 
+def _parse(f, path: str):
+    """The JSON list (or JSON-lines records) of an open data file; RecordError names the
+    line and column where the text stops being JSON."""
+    try:
+        if not path.endswith(".jsonl"):
+            return json.load(f)
+        records = []
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RecordError(f"{path}: line {number} is not JSON ({e.msg}, column "
+                                      f"{e.colno}); fix or remove that line") from None
+        return records
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                          f"{e.colno}; a truncated file?); give a complete LLaVA-JSON file") from None
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a "
+                          "LLaVA-JSON file") from None
+
+
 def load_records(path: str, *, template: str = "vicuna_v1", image_folder: Optional[str] = None,
                  check_images: bool = False) -> List[dict]:
     """Read and validate a LLaVA-JSON file (a JSON list; `.jsonl` with one record a line also works).
@@ -85,20 +108,20 @@ def load_records(path: str, *, template: str = "vicuna_v1", image_folder: Option
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            records = [json.loads(line) for line in f if line.strip()]
-        else:
-            records = json.load(f)
+        records = _parse(f, path)
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+        raise RecordError(f"{path}: expected a JSON list of records, got a JSON "
+                          f"{type(records).__name__}; give a LLaVA-JSON file ([{{...}}, ...])")
     if not records:
-        raise ValueError(f"{path}: the data set is empty")
+        raise RecordError(f"{path}: the data set is empty; give a file with records")
     for index, record in enumerate(records):
         validate_record(record, index, template=template)
         if check_images and record.get("image") is not None:
             full = os.path.join(image_folder or "", record["image"])
             if not os.path.isfile(full):
                 _fail(index, f"image file not found: {full} (check image_folder)")
+            if os.path.getsize(full) == 0:
+                _fail(index, f"image file is empty: {full}; replace it or drop the record")
     return records
 
 
@@ -150,5 +173,12 @@ class SampleEncoder:
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"record {index}: {e}") from None
             except OSError as e:
-                raise OSError(f"record {index}: cannot read image {path}: {e}") from None
+                if e.errno is None:     # PIL: not an image, or a cut one (the file's fault)
+                    _fail(index, f"cannot decode image {path} ({e}); replace the file or "
+                                 "drop the record")
+                raise OSError(e.errno, f"record {index}: cannot read image ({e.strerror})",
+                              path) from None
+            except (ValueError, SyntaxError) as e:   # PIL's other decoder complaints
+                _fail(index, f"cannot decode image {path} ({e}); replace the file or drop "
+                             "the record")
         return EncodedSample(index=index, example=example, pixel_values=pixels)

@@ -183,10 +183,12 @@ class TrainBatchIterator:
         return batch, _sample_stats(samples)
 
     def _identity(self) -> dict:
+        """What a restored state must match: the order of the global batches. The process
+        count may change (a 2-process run resumed by 1 process): the union of a step's
+        per-process batches does not depend on it."""
         c = self.config
         return {"seed": c.seed, "shuffle": c.shuffle, "num_records": len(self.records),
-                "batch_size": c.batch_size, "process_index": c.process_index,
-                "process_count": c.process_count}
+                "global_batch": c.batch_size * c.process_count}
 
     def get_state(self) -> dict:
         """JSON-serializable position of the next batch, plus what must match on restore."""

@@ -133,6 +133,7 @@ def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
     from duet_jax.data.llava_json import load_records
     from duet_jax.models.llava import LlavaModel
     from duet_jax.training import build
+    from duet_jax.training.export import export_trained
     from duet_jax.training.config import load_config
 
     cfg = load_config(config_path, [*overrides, f"output_dir={out_dir}"])
@@ -179,7 +180,7 @@ def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
                     f"{m['colour_acc']:.2f}, kind acc {m['kind_acc']:.2f}, image-label acc "
                     f"{m['present_acc']:.3f} ({time.perf_counter() - t0:.0f} s)")
     params["vision"] = train["vision"]
-    final, _ = build.export_trained(params, model_cfg, assets, out_dir, None)
+    final, _ = export_trained(params, model_cfg, assets, out_dir, None)
     return final
 
 

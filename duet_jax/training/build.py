@@ -1,16 +1,14 @@
 """Everything a run needs before its first step: tokenizer, image processor, model, params."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from typing import Optional, Tuple
 
 import jax
 
 from duet_jax.dtypes import parse_dtype
 from duet_jax.models.config import LlavaConfig
 from duet_jax.training.config import ConfigError, TrainConfig
+from duet_jax.training.hosts import barrier, is_main
 from duet_jax.training.random_model import (build_tokenizer, corpus_from_records,
                                             random_llava_config)
 
@@ -42,13 +40,11 @@ def prepare_assets(cfg: TrainConfig, records) -> str:
     """Build a random model's tokenizer on process 0 (others wait); returns the asset dir."""
     directory = asset_dir(cfg)
     if cfg.model.checkpoint is None and cfg.model.tokenizer is None:
-        if jax.process_index() == 0:
+        if is_main():
             sizes = cfg.model.random
             build_tokenizer(directory, corpus_from_records(records), sizes.tokenizer_vocab_size,
                             sizes.image_size)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices("duet_jax tokenizer built")
+        barrier("tokenizer built")
     return directory
 
 
@@ -84,12 +80,20 @@ def model_config(cfg: TrainConfig, tokenizer) -> LlavaConfig:
                                pad_token_id=tokenizer.pad_token_id)
 
 
-def reduction_for(cfg: TrainConfig, model_cfg: LlavaConfig):
-    """The ReductionConfig of cfg.reduction, checked against the model (None: full tokens)."""
+def resolve_reduction_name(cfg: TrainConfig):
+    """The ReductionConfig that cfg.reduction names (not yet checked against a model)."""
     from duet_jax.reduction import resolve_reduction
 
     try:
-        red = resolve_reduction(cfg.reduction)
+        return resolve_reduction(cfg.reduction)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"reduction: {e}") from None
+
+
+def reduction_for(cfg: TrainConfig, model_cfg: LlavaConfig):
+    """The ReductionConfig of cfg.reduction, checked against the model (None: full tokens)."""
+    red = resolve_reduction_name(cfg)
+    try:
         if red is not None:
             red.validate(model_cfg.vision.num_patches, model_cfg.text.num_hidden_layers)
     except (TypeError, ValueError) as e:
@@ -109,35 +113,3 @@ def initial_params(cfg: TrainConfig, model, param_shardings) -> dict:
                                 shardings=param_shardings, vision_tower=cfg.model.vision_tower)
         return params
     return jax.jit(model.init, out_shardings=param_shardings)(jax.random.PRNGKey(cfg.seed))
-
-
-def export_trained(params: dict, model_cfg: LlavaConfig, assets: str, output_dir: str,
-                   dtype: Optional[str]) -> Tuple[str, str]:
-    """Write `output_dir/final` (converted duet_jax dir) and `output_dir/hf` (llava-hf dir).
-
-    Every process takes part in the orbax write; process 0 writes the rest.
-    """
-    from duet_jax.checkpoints.convert import ASSET_FILES, export_hf
-    from duet_jax.checkpoints.load import FORMAT, MARKER, PARAMS_SUBDIR
-    from duet_jax.checkpoints.orbax_io import save_params
-
-    final = os.path.join(output_dir, "final")
-    hf_dir = os.path.join(output_dir, "hf")
-    if jax.process_index() == 0:
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.rmtree(hf_dir, ignore_errors=True)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("duet_jax export cleared")
-    save_params(os.path.join(final, PARAMS_SUBDIR), params)
-    if jax.process_index() == 0:
-        with open(os.path.join(final, "config.json"), "w") as f:
-            json.dump(model_cfg.to_hf(), f, indent=2, sort_keys=True)
-        with open(os.path.join(final, MARKER), "w") as f:
-            json.dump({"format": FORMAT, "version": 1, "params": PARAMS_SUBDIR,
-                       "source": "duet_jax training", "dtype": None}, f, indent=2)
-        for name in ASSET_FILES:   # tokenizer / processor files travel with the weights
-            if os.path.isfile(os.path.join(assets, name)):
-                shutil.copyfile(os.path.join(assets, name), os.path.join(final, name))
-        export_hf(final, hf_dir, dtype=dtype, progress=False)
-    return final, hf_dir

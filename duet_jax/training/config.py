@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from typing import Any, Mapping, Optional, Sequence, Tuple
@@ -108,6 +109,11 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResumeConfig:
+    allow_changes: bool = False             # resume though run-changing keys differ (resume.py)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
@@ -124,6 +130,7 @@ class TrainConfig:
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     distributed: DistributedConfig = DistributedConfig()
+    resume: ResumeConfig = ResumeConfig()
 
     @property
     def accumulation_steps(self) -> int:
@@ -284,8 +291,14 @@ def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"config 'base' chain loops back to {path}")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML ({where}"
+                          f"{getattr(e, 'problem', None) or e}); fix its syntax") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: a config file must hold a mapping")
     raw = resolve_paths(raw, os.path.dirname(path))
@@ -326,9 +339,38 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConf
     return cfg
 
 
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Values that no run can use: a negative rate, an empty batch, a zero length."""
+    o = cfg.optim
+    positive = {"optim.lr": o.lr, "optim.eps": o.eps, "data.max_length": cfg.data.max_length,
+                **{f"data.length_buckets[{i}]": n for i, n in enumerate(cfg.data.length_buckets)},
+                **{f"model.random.{k}": v for k, v in
+                   dataclasses.asdict(cfg.model.random or RandomModelConfig()).items()}}
+    at_least_zero = {"seed": cfg.seed, "optim.weight_decay": o.weight_decay,
+                     "data.num_threads": cfg.data.num_threads, "data.prefetch": cfg.data.prefetch}
+    below_one = {"optim.b1": o.b1, "optim.b2": o.b2}
+    for key, value in {**positive, **at_least_zero, **below_one}.items():
+        low_ok = value > 0 if key in positive else value >= 0
+        if not (math.isfinite(value) and low_ok and (key not in below_one or value < 1)):
+            rule = ("> 0" if key in positive else ">= 0") + (" and < 1" if key in below_one else "")
+            raise ConfigError(f"{key}={value} is out of range; it must be {rule}")
+    if not math.isfinite(o.max_grad_norm):
+        raise ConfigError(f"optim.max_grad_norm={o.max_grad_norm}; use a number (<= 0 disables "
+                          "clipping)")
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise ConfigError(f"max_steps={cfg.max_steps}; use -1 (train num_epochs) or a step "
+                          "count >= 1")
+    for axis in ("data", "fsdp", "tensor"):
+        size = getattr(cfg.mesh, axis)
+        if size == 0 or size < -1:
+            raise ConfigError(f"mesh.{axis}={size}; use a device count >= 1, or -1 for the rest")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Cross-field checks that need no model or data."""
-    if cfg.micro_batch_size < 1 or cfg.global_batch_size % cfg.micro_batch_size:
+    _check_numbers(cfg)
+    if (cfg.micro_batch_size < 1 or cfg.global_batch_size < 1
+            or cfg.global_batch_size % cfg.micro_batch_size):
         raise ConfigError(f"global_batch_size={cfg.global_batch_size} must be a positive multiple "
                           f"of micro_batch_size={cfg.micro_batch_size}")
     if cfg.model.checkpoint is None and cfg.model.random is None:
@@ -336,6 +378,11 @@ def validate(cfg: TrainConfig) -> None:
                           "random model)")
     if not cfg.data.train_json:
         raise ConfigError("data.train_json is required (a LLaVA-JSON file)")
+    d = cfg.distributed
+    if d.num_processes is not None and (d.num_processes < 1 or not 0 <= (d.process_id or 0)
+                                        < d.num_processes):
+        raise ConfigError(f"distributed.process_id={d.process_id} with num_processes="
+                          f"{d.num_processes}; process ids run from 0 to num_processes - 1")
     choices = {"optim.schedule": (cfg.optim.schedule, ("cosine", "linear", "constant")),
                "optim.recipe": (cfg.optim.recipe, ("finetune", "pretrain", "full"))}
     for key, (value, allowed) in choices.items():

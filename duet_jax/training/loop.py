@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from typing import Callable, Optional
 
 import jax
 import yaml
 
+from duet_jax.checkpoints.orbax_io import cast_dtype
+from duet_jax.data.conversation import get_template
 from duet_jax.data.llava_json import SampleEncoder, load_records
 from duet_jax.data.images import load_image_processor
 from duet_jax.data.loader import LoaderConfig, TrainBatchIterator
@@ -26,8 +29,11 @@ from duet_jax.training import build
 from duet_jax.training.batching import (agree, check_batch_divides, local_needs, plan_layout,
                                         stack, to_global)
 from duet_jax.training.checkpoint import Checkpoints
+from duet_jax.training.export import export_trained
+from duet_jax.training.hosts import StopRequest, barrier, is_main, summed
 from duet_jax.training.config import ConfigError, TrainConfig
 from duet_jax.training.metrics import MetricsLog, plot_loss
+from duet_jax.training.resume import check_resume_config
 from duet_jax.training.optim import learning_rate_schedule, make_optimizer, trained_groups
 from duet_jax.training.step import StepFunctions, init_state, state_shardings
 
@@ -115,12 +121,56 @@ def _total_steps(cfg: TrainConfig, loader: TrainBatchIterator, num_records: int)
     return min(total, cfg.max_steps) if cfg.max_steps > 0 else total
 
 
+def _warn(line: str) -> None:
+    if is_main():
+        print(line, file=sys.stderr, flush=True)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Paths the run reads and the folder it writes, checked before anything is written."""
+    if not cfg.output_dir:
+        raise ConfigError("output_dir is empty; give the folder the run writes into")
+    try:
+        get_template(cfg.data.template)
+    except ValueError as e:
+        raise ConfigError(f"data.template: {e}") from None
+    out = os.path.abspath(cfg.output_dir)
+    existing = out
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"output_dir {out} is not a folder ({existing} is a file); choose "
+                          "another output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write output_dir {out} ({existing} is read-only); "
+                              "choose a writable output_dir or fix its permissions")
+    if not os.path.isfile(cfg.data.train_json):
+        raise ConfigError(f"data.train_json: no such file ({cfg.data.train_json}); give the "
+                          "path of a LLaVA-JSON file")
+    for key in ("model.checkpoint", "model.tokenizer", "model.vision_tower"):
+        path = getattr(cfg.model, key.split(".")[1])
+        if path and not os.path.exists(path):
+            raise ConfigError(f"{key}: no such file or folder ({path}); give an existing path "
+                              "or leave it unset")
+    build.compute_dtypes(cfg)               # ConfigError naming model.dtype / param_dtype
+    build.resolve_reduction_name(cfg)       # the preset or shape; fitted to the model later
+    if cfg.checkpoint.export_dtype is not None:
+        try:
+            cast_dtype(cfg.checkpoint.export_dtype)
+        except ValueError as e:
+            raise ConfigError(f"checkpoint.export_dtype: {e}") from None
+    if cfg.data.image_folder and not os.path.isdir(cfg.data.image_folder):
+        raise ConfigError(f"data.image_folder: no such folder ({cfg.data.image_folder}); give "
+                          "the folder the records' image paths are relative to")
+
+
 def setup(cfg: TrainConfig, devices: Optional[list] = None) -> Run:
     """Load data and model, build the optimizer and mesh, restore the newest checkpoint.
 
     devices: the mesh's devices (default: all of them, or the first ones that
     explicit mesh sizes ask for).
     """
+    check_inputs(cfg)
     records = load_records(cfg.data.train_json, template=cfg.data.template,
                            image_folder=cfg.data.image_folder, check_images=cfg.data.check_images)
     assets = build.prepare_assets(cfg, records)
@@ -138,11 +188,14 @@ def setup(cfg: TrainConfig, devices: Optional[list] = None) -> Run:
     abstract_state = jax.eval_shape(lambda p: init_state(p, optimizer, cfg.seed), abstract_params)
     shardings = state_shardings(abstract_state, optimizer, mesh)
     checkpoints = Checkpoints(os.path.join(cfg.output_dir, "checkpoints"), cfg.checkpoint)
-    start = checkpoints.latest_step() or 0
+    newest = checkpoints.latest_step()
+    if newest:
+        check_resume_config(cfg, newest)
+    start, state, data_state = checkpoints.restore_newest(abstract_state, shardings, _warn)
     if start:
-        state, data_state = checkpoints.restore(start, abstract_state, shardings)
         try:
-            loader.set_state(data_state)
+            # the saved counts are of all processes: process 0 carries them on
+            loader.set_state(data_state if is_main() else dict(data_state, stats={}))
         except ValueError as e:     # data set, batch size or seed changed since the checkpoint
             raise ConfigError(f"cannot resume the data iterator: {e}") from None
     else:
@@ -156,45 +209,52 @@ def setup(cfg: TrainConfig, devices: Optional[list] = None) -> Run:
 
 
 def _write_config(cfg: TrainConfig) -> None:
-    with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
+    path = os.path.join(cfg.output_dir, "config.yaml")
+    with open(path + ".tmp", "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    os.replace(path + ".tmp", path)
 
 
-def _run_steps(run: Run, log: MetricsLog, bar) -> Optional[dict]:
-    """Steps start_step+1 .. total_steps: step, log, checkpoint. Returns the last record."""
+def _run_steps(run: Run, log: MetricsLog, bar, stop: StopRequest) -> Optional[dict]:
+    """Steps start_step+1 .. total_steps: step, log, checkpoint; after a stop request, the
+    step under way is finished and saved. Returns the last record."""
     cfg, last = run.cfg, None
-    warned = run.loader.stats["truncated"] > 0
+    warned = summed(run.loader.stats)["truncated"] > 0
     for step in range(run.start_step + 1, run.total_steps + 1):
         t0 = time.perf_counter()
         m = run.step()
         seconds = time.perf_counter() - t0
+        stats = summed(run.loader.stats)     # the data of all processes
         last = {"step": step, "loss": m["loss"], "lr": float(run.schedule(step - 1)),
                 "tokens_per_s": m["tokens"] / seconds, "tokens": m["tokens"],
                 "targets": m["targets"], "grad_norm": m["grad_norm"], "step_time_s": seconds,
-                "samples_truncated": int(run.loader.stats["truncated"])}
+                "samples_truncated": int(stats["truncated"])}
         log.write(last)
-        if not warned and run.loader.stats["truncated"]:
+        if not warned and stats["truncated"]:
             warned = True
             bar.write(f"step {step}: samples longer than max_length={cfg.data.max_length} are "
                       "truncated (running count: samples_truncated in metrics.jsonl)")
         bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}",
                         lr=f"{last['lr']:.2e}")
         bar.update()
-        if run.checkpoints.should_save(step, run.total_steps):
-            run.checkpoints.save(step, run.state, run.loader.get_state())
+        stopping = stop.reached(step)
+        if stopping or run.checkpoints.should_save(step, run.total_steps):
+            run.checkpoints.save(step, run.state, dict(run.loader.get_state(), stats=stats))
+        if stopping:
+            break
     return last
 
 
 def train(cfg: TrainConfig, progress: Optional[bool] = None) -> dict:
-    """Run (or resume) the training described by `cfg`; returns a summary dict."""
+    """Run (or resume) the training described by `cfg`; returns a summary dict
+    (`stopped`: the signal that ended the run early, after saving its last step)."""
     from duet_jax.progress import progress_bar
 
     _setup_runtime(cfg)
-    main = jax.process_index() == 0
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    main = is_main()
+    run = setup(cfg)
     if main:
         _write_config(cfg)
-    run = setup(cfg)
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     log = MetricsLog(metrics_path, run.start_step, enabled=main)
     bar = progress_bar(total=run.total_steps, initial=run.start_step, desc="train", unit="step",
@@ -202,7 +262,8 @@ def train(cfg: TrainConfig, progress: Optional[bool] = None) -> dict:
     if run.start_step and main:
         print(f"resumed from {run.checkpoints.directory}/{run.start_step}", flush=True)
     try:
-        last = _run_steps(run, log, bar)
+        with StopRequest() as stop:
+            last = _run_steps(run, log, bar, stop)
     finally:
         bar.close()     # an error message then starts on its own line
     run.checkpoints.wait()
@@ -210,14 +271,17 @@ def train(cfg: TrainConfig, progress: Optional[bool] = None) -> dict:
         plot_loss(metrics_path, os.path.join(cfg.output_dir, "loss.png"))
     exported = None
     hf_dir = os.path.join(cfg.output_dir, "hf")
-    if cfg.checkpoint.export_hf and (last is not None or not os.path.isdir(hf_dir)):
-        exported = build.export_trained(run.state["params"], run.model.config, run.assets,
-                                        cfg.output_dir, cfg.checkpoint.export_dtype)[1]
+    if (not stop.signal_name and cfg.checkpoint.export_hf
+            and (last is not None or not os.path.isdir(hf_dir))):
+        exported = export_trained(run.state["params"], run.model.config, run.assets,
+                                  cfg.output_dir, cfg.checkpoint.export_dtype)[1]
     run.checkpoints.close()
-    stats = dict(run.loader.stats)
+    barrier("run finished")
+    stats = summed(run.loader.stats)
     if main and stats.get("truncated"):
         print(f"{stats['truncated']} of {stats['samples']} samples were longer than "
               f"max_length={cfg.data.max_length} and were truncated")
-    return {"steps": run.total_steps, "start_step": run.start_step,
-            "final_loss": last["loss"] if last else None, "data": stats, "hf_export": exported,
-            "output_dir": cfg.output_dir}
+    return {"steps": last["step"] if last else run.start_step, "total_steps": run.total_steps,
+            "start_step": run.start_step, "final_loss": last["loss"] if last else None,
+            "data": stats, "hf_export": exported, "output_dir": cfg.output_dir,
+            "stopped": stop.signal_name}

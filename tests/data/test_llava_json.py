@@ -202,6 +202,25 @@ def test_state_from_another_data_setup_is_rejected(records, encoder):
         TrainBatchIterator(records, encoder, _config(seed=8), state=state)
 
 
+def test_state_of_two_processes_resumes_in_one(records, encoder):
+    """A 2-process run's state (process 0's) resumes a 1-process loader of the same global
+    batch at the same global step; the per-process halves joined are its batches."""
+    halves = [TrainBatchIterator(records, encoder, _config(batch_size=2, process_index=p,
+                                                             process_count=2, num_threads=0))
+              for p in range(2)]
+    for it in halves:
+        _take(it, 3)
+    state = json.loads(json.dumps(halves[0].get_state()))
+    one = TrainBatchIterator(records, encoder, _config(num_threads=0), state=state)
+    for _ in range(2):
+        joined = one.__next__()
+        parts = [next(it) for it in halves]
+        np.testing.assert_array_equal(joined["pixel_values"],
+                                      np.concatenate([p["pixel_values"] for p in parts]))
+    with pytest.raises(ValueError, match="global_batch=4"):
+        TrainBatchIterator(records, encoder, _config(batch_size=8), state=state)
+
+
 def test_finite_epochs_stop(records, encoder):
     it = TrainBatchIterator(records, encoder, _config(num_epochs=2, batch_size=8))
     assert len(list(it)) == 2 * 3
