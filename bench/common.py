@@ -59,7 +59,7 @@ def hf_and_jax_llava(hf_cfg, *, torch_dtype=None, device="cpu", jax_dtype=None, 
     torch.manual_seed(0)
     with torch.device(device):
         hf = LlavaForConditionalGeneration._from_config(
-            hf_cfg, attn_implementation="sdpa", torch_dtype=torch_dtype or torch.float32)
+            hf_cfg, attn_implementation="sdpa", dtype=torch_dtype or torch.float32)
     hf = hf.eval()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None   # 7B weights: RAM, not disk
     with tempfile.TemporaryDirectory(dir=shm) as tmp:
@@ -101,12 +101,14 @@ def load_note() -> str:
     except OSError:
         return "load unknown"
 
-def time_round_robin(fns: dict, *, repeats=5) -> dict:
+def time_round_robin(fns: dict, *, repeats=5, record: dict = None) -> dict:
     """Median wall seconds per named thunk, timed in interleaved rounds so that drifting
-    machine load hits every setting alike (ratios stay meaningful on a shared CPU)."""
+    machine load hits every setting alike (ratios stay meaningful on a shared CPU).
+    `record`, if given, receives every round's seconds per name."""
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
+    times = {name: [] for name in fns} if record is None else record
+    times.update({name: [] for name in fns})
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()

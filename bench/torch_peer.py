@@ -83,15 +83,14 @@ def _image_attention(layer, h, rope, image_start: int, n_image: int, query_rows:
     return probs[..., image_start:image_start + n_image].mean(dim=(1, 2))
 
 
-def _drop(h, positions, scores, keep: int, image_start: int, n_image: int):
-    """Keeps the top-`keep` image rows (ascending) of every sample."""
+def _drop_index(h, scores, keep: int, image_start: int, n_image: int):
+    """[B, L'] rows of h [B, L, D] that stay: the top-`keep` image rows (ascending) of
+    every sample, and every text row."""
     kept = torch.sort(torch.topk(scores, keep, dim=-1).indices, -1).values + image_start
     t = h.shape[1]
     prefix = torch.arange(image_start, device=h.device).expand(h.shape[0], -1)
     suffix = torch.arange(image_start + n_image, t, device=h.device).expand(h.shape[0], -1)
-    index = torch.cat([prefix, kept, suffix], 1)
-    gathered = torch.gather(h, 1, index[..., None].expand(-1, -1, h.shape[-1]))
-    return gathered, torch.gather(positions, 1, index)
+    return torch.cat([prefix, kept, suffix], 1)
 
 
 def cache_kwarg(layer) -> str:
@@ -115,25 +114,35 @@ def reduced_prefill(hf, input_ids, pixel_values, reduction, image_start: int, ca
     `cache.decode_base` gets each layer's RoPE position of decode step 0 (its
     segment's length when positions are renumbered, else the unreduced length).
     """
-    logits, bases = _prefill(hf, input_ids, pixel_values, reduction, image_start, cache)
+    h, _, bases = reduced_forward(hf, input_ids, pixel_values, reduction, image_start, cache)
     if cache is not None:
         cache.decode_base = bases
-    return logits
+    return hf.lm_head(hf.model.language_model.norm(h[:, -1]))
 
 
-def _prefill(hf, input_ids, pixel_values, reduction, image_start: int, cache):
+def reduced_forward(hf, input_ids, pixel_values, reduction, image_start: int, cache=None,
+                    train_queries: int = 0):
+    """The (reduced) LM forward up to the final norm: (hidden [B, L', D], rows [B, L']:
+    each kept row's index in the spliced sequence, per-layer decode base positions).
+
+    CLIP runs without gradients (frozen, as in the fine-tune recipe). `train_queries` > 0:
+    Stage 2 ranks with the training query set `all` of a prompt whose `train_queries`
+    question rows (label -100) follow the image block directly; else the inference rows
+    (the last one, or all from the image block's end).
+    """
     cfg = hf.config
     stage1 = reduction.stage1 if reduction is not None else None
     stage2 = reduction.stage2 if reduction is not None else None
     feature_layer = cfg.vision_feature_layer % cfg.vision_config.num_hidden_layers
-    feats = hf.model.multi_modal_projector(
-        _vision_features(hf, pixel_values, stage1, feature_layer))
+    with torch.no_grad():
+        vision = _vision_features(hf, pixel_values, stage1, feature_layer)
+    feats = hf.model.multi_modal_projector(vision)
     lm = hf.model.language_model
     prefix = lm.embed_tokens(input_ids[:, :image_start])
     suffix = lm.embed_tokens(input_ids[:, image_start + cfg.image_seq_length:])
     h = torch.cat([prefix, feats.to(prefix.dtype), suffix], 1)
     n_image = feats.shape[1]
-    positions = _arange_rows(h)
+    positions = rows = _arange_rows(h)
     first_len = h.shape[1]
     layers, bases = lm.layers, []
     kw = {} if cache is None else {cache_kwarg(layers[0]): cache, "use_cache": True}
@@ -155,10 +164,15 @@ def _prefill(hf, input_ids, pixel_values, reduction, image_start: int, cache):
         rank_layer = layers[stop] if fastv else layers[bounds[s + 1]]
         queries = (slice(-1, None) if stage2.queries == "last"
                    else slice(image_start + counts[s], None))
-        scores = _image_attention(rank_layer, h, rope, image_start, counts[s], queries)
+        if train_queries:
+            queries = slice(image_start + counts[s], image_start + counts[s] + train_queries)
+        with torch.no_grad():                      # ranking carries no gradient
+            scores = _image_attention(rank_layer, h, rope, image_start, counts[s], queries)
         if fastv:
             h = run(rank_layer, h, rope)
-        h, positions = _drop(h, positions, scores, counts[s + 1], image_start, counts[s])
+        index = _drop_index(h, scores, counts[s + 1], image_start, counts[s])
+        h = torch.gather(h, 1, index[..., None].expand(-1, -1, h.shape[-1]))
+        positions, rows = torch.gather(positions, 1, index), torch.gather(rows, 1, index)
         if stage2.positions == "renumber":
             positions = _arange_rows(h)
-    return hf.lm_head(lm.norm(h[:, -1])), bases
+    return h, rows, bases
