@@ -53,7 +53,10 @@ class PeerTrainer:
                    *hf.model.language_model.parameters(), *hf.lm_head.parameters()]
         for p in trained:
             p.requires_grad_(True)
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(hf, "activation_checkpointing_enable"):     # its name from transformers 5.2x
+            hf.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hf.train()
         self.opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
 
