@@ -23,3 +23,20 @@ def test_blocks_equal_dot_product_attention(block, dtype, tol):
     ref = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5)
     np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32),
                                atol=tol, rtol=tol)
+
+
+def test_block_gradients_equal_dot_product_attention():
+    """Training runs the same path (remat included): its gradients must match too."""
+    b, t, h, kv, hd = 1, 200, 2, 1, 8
+    keys = jax.random.split(jax.random.key(1), 4)
+    q, w = jax.random.normal(keys[0], (b, t, h, hd)), jax.random.normal(keys[3], (b, t, h, hd))
+    k, v = (jax.random.normal(kk, (b, t, kv, hd)) for kk in keys[1:3])
+    mask = causal_mask(jnp.ones((b, t), bool))
+    loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * w)
+    ours = jax.grad(loss(lambda q, k, v: causal_block_attention(q, k, v, mask, hd ** -0.5, 64)),
+                    argnums=(0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                                                     scale=hd ** -0.5)),
+                   argnums=(0, 1, 2))(q, k, v)
+    for a, r in zip(ours, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-4, rtol=1e-4)
