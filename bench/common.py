@@ -5,14 +5,17 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def llava_shaped_hf_config(width_v=256, width_t=512, vocab=32064):
+def llava_shaped_hf_config(width_v=256, width_t=512, vocab=32064, head_dim_t=64):
     """LLaVA-1.5-7B's shape (576 patches, 24 CLIP layers, 32 LLM layers, MHA) with
     reduced widths so it runs on a laptop CPU; an HF `LlavaConfig`."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
@@ -20,18 +23,92 @@ def llava_shaped_hf_config(width_v=256, width_t=512, vocab=32064):
                           num_attention_heads=width_v // 64, image_size=336, patch_size=14,
                           projection_dim=width_v)
     tc = LlamaConfig(vocab_size=vocab, hidden_size=width_t, intermediate_size=int(2.6875 * width_t),
-                     num_hidden_layers=32, num_attention_heads=width_t // 64,
-                     num_key_value_heads=width_t // 64, max_position_embeddings=4096)
+                     num_hidden_layers=32, num_attention_heads=width_t // head_dim_t,
+                     num_key_value_heads=width_t // head_dim_t, max_position_embeddings=4096)
     return LlavaConfig(vision_config=vc, text_config=tc, image_token_index=32000,
                        image_seq_length=576)
 
 
-def time_round_robin(fns: dict, *, repeats=5) -> dict:
+def llava_7b_hf_config():
+    """LLaVA-1.5-7B's real widths: CLIP-L/14-336 (1024 wide, 16 heads) + Vicuna-7B (4096
+    wide, 32 heads of 128, MLP 11008, vocab 32064)."""
+    return llava_shaped_hf_config(width_v=1024, width_t=4096, vocab=32064, head_dim_t=128)
+
+
+def prompt_batch(cfg, batch: int, text_tokens: int, image_at: int, seed: int = 0):
+    """NumPy input_ids [B, N + text_tokens] int32 (one image block of N ids at `image_at`),
+    all-ones mask and pixels [B, 3, H, W] float32: the benchmarks' prompts."""
+    g = np.random.default_rng(seed)
+    n = cfg.image_seq_length
+    ids = g.integers(3, min(30000, cfg.text.vocab_size), (batch, n + text_tokens)).astype(np.int32)
+    ids[:, image_at:image_at + n] = cfg.image_token_index
+    size = cfg.vision.image_size
+    pixels = g.standard_normal((batch, 3, size, size)).astype(np.float32)
+    return ids, np.ones_like(ids), pixels
+
+
+def hf_and_jax_llava(hf_cfg, *, torch_dtype=None, device="cpu", jax_dtype=None, unstack=True):
+    """One random HF `LlavaForConditionalGeneration` (sdpa attention, eval mode, on
+    `device`) and the same weights in JAX through the checkpoint converter:
+    (hf, LlavaConfig, params). `unstack`: the CPU inference layout (per-layer trees);
+    stacked layers (scan) compile much faster at 7B depth on GPUs."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+    from duet_jax.checkpoints.load import load_params
+    from duet_jax.models.llava import unstack_params
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = LlavaForConditionalGeneration._from_config(
+            hf_cfg, attn_implementation="sdpa", dtype=torch_dtype or torch.float32)
+    hf = hf.eval()
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None   # 7B weights: RAM, not disk
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
+        hf.save_pretrained(tmp)
+        cfg, params = load_params(tmp, dtype=jax_dtype)
+    return hf, cfg, unstack_params(params) if unstack else params
+
+
+def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+    """This machine's measured matmul peak: GFLOP/s of one [n, n] x [n, n] `jnp.dot`
+    (median of `repeats`), the roof every bench table's GFLOP/s column is read against."""
+    a = jnp.ones((n, n), dtype)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot(a, a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def roofline(flops: float, seconds: float, peak_gflops: float) -> dict:
+    """Achieved GFLOP/s of `flops` done in `seconds` and its fraction of the measured peak."""
+    achieved = flops / seconds / 1e9
+    return {"gflops": achieved, "of_peak": achieved / peak_gflops}
+
+
+def roofline_cells(flops: float, seconds: float, peak_gflops: float) -> list:
+    """The two table cells of `roofline`: achieved GFLOP/s and '% of peak'."""
+    r = roofline(flops, seconds, peak_gflops)
+    return [f"{r['gflops']:.0f}", f"{100 * r['of_peak']:.0f}%"]
+
+
+def load_note() -> str:
+    """The 1-minute load average against the CPU count: how shared the machine was."""
+    try:
+        return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
+    except OSError:
+        return "load unknown"
+
+def time_round_robin(fns: dict, *, repeats=5, record: dict = None) -> dict:
     """Median wall seconds per named thunk, timed in interleaved rounds so that drifting
-    machine load hits every setting alike (ratios stay meaningful on a shared CPU)."""
+    machine load hits every setting alike (ratios stay meaningful on a shared CPU).
+    `record`, if given, receives every round's seconds per name."""
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
+    times = {name: [] for name in fns} if record is None else record
+    times.update({name: [] for name in fns})
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
@@ -40,11 +117,13 @@ def time_round_robin(fns: dict, *, repeats=5) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def write_json(name: str, payload: dict) -> str:
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, name)
+def write_json(name: str, payload: dict, directory: str = RESULTS) -> str:
+    """Writes `payload` (plus the machine it ran on) to `directory`/`name` atomically."""
+    path = os.path.join(directory, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     payload = dict(payload, machine={"platform": platform.platform(), "cpus": os.cpu_count(),
-                                     "jax": jax.__version__, "backend": jax.default_backend()})
+                                     "jax": jax.__version__, "backend": jax.default_backend(),
+                                     "load_at_end": load_note()})
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)

@@ -54,3 +54,27 @@ def prefill_flops(cfg: LlavaConfig, text_tokens: int, reduction=None, crops: int
     total = clip + proj + lm + scoring + head
     return {"clip": clip, "projector": proj, "lm": lm, "scoring": scoring, "head": head,
             "total": total, "visual_tokens_in": n0}
+
+
+def generation_flops(cfg: LlavaConfig, text_tokens: int, new_tokens: int, reduction=None) -> float:
+    """FLOPs of one sample's prefill plus `new_tokens - 1` KV-cached decode steps (the
+    first token comes from the prefill): per step and layer the projections and MLP of
+    one row, attention over the layer's cache (its segment's prefill rows + the steps
+    so far), and the head."""
+    t = cfg.text
+    hq, hkv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    n0 = cfg.num_image_tokens
+    if reduction is not None and reduction.stage1 is not None:
+        n0 = reduction.stage1.output_size(cfg.vision.num_patches)
+    counts, bounds = [n0], [0, t.num_hidden_layers]
+    if reduction is not None and reduction.stage2 is not None:
+        counts = reduction.stage2.image_counts(n0)
+        bounds = [0, *reduction.stage2.layers, t.num_hidden_layers]
+    row = 2 * t.hidden_size * (2 * hq + 2 * hkv) + 6 * t.hidden_size * t.intermediate_size
+    total = prefill_flops(cfg, text_tokens, reduction)["total"]
+    for step in range(1, new_tokens):
+        for s in range(len(bounds) - 1):
+            cache = text_tokens + counts[s] + step
+            total += (bounds[s + 1] - bounds[s]) * (row + 4 * cache * hq)
+        total += 2 * t.hidden_size * t.vocab_size
+    return total

@@ -20,7 +20,6 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from bench.common import llava_shaped_hf_config, print_table, time_round_robin, write_json
+from bench.common import (hf_and_jax_llava, llava_shaped_hf_config, load_note,
+                          matmul_peak_gflops, print_table, prompt_batch, roofline, roofline_cells,
+                          time_round_robin, write_json)
 from bench.flops import prefill_flops
 from bench.torch_peer import reduced_prefill
-from duet_jax.checkpoints.load import load_params
-from duet_jax.models.llava import LlavaModel, unstack_params
+from duet_jax.models.llava import LlavaModel
 from duet_jax.reduction import average_visual_tokens, get_preset
 
 PRESETS = ["llava15-duet-192", "llava15-duet-128", "llava15-duet-64",
@@ -76,22 +76,12 @@ def main():
     ap.add_argument("--width-t", type=int, default=512, help="LLM width (multiple of 64)")
     ap.add_argument("--vocab", type=int, default=32064)
     args = ap.parse_args()
-    torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
     hf_cfg = llava_shaped_hf_config(width_v=args.width_v, width_t=args.width_t, vocab=args.vocab)
-    from transformers import LlavaForConditionalGeneration
-    hf = LlavaForConditionalGeneration._from_config(hf_cfg, attn_implementation="sdpa").eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        cfg, params = load_params(tmp)
-    params = unstack_params(params)      # the inference layout, as duet_jax.load_llava keeps it
+    hf, cfg, params = hf_and_jax_llava(hf_cfg)   # unstacked: load_llava's inference layout
     module = LlavaModel(cfg)
-    b, n = args.batch, cfg.image_seq_length
-    g = np.random.default_rng(0)
-    ids = g.integers(3, 30000, (b, n + args.text_tokens)).astype(np.int32)
-    ids[:, IMAGE_AT:IMAGE_AT + n] = cfg.image_token_index
-    mask = np.ones_like(ids)
-    pixels = g.standard_normal((b, 3, 336, 336)).astype(np.float32)
+    b = args.batch
+    ids, mask, pixels = prompt_batch(cfg, b, args.text_tokens, IMAGE_AT)
     dev = [jnp.asarray(x) for x in (ids, pixels, mask)]
     tids, tpix = torch.tensor(ids.astype(np.int64)), torch.tensor(pixels)
 
@@ -102,12 +92,15 @@ def main():
     peer = {name: red for name, red in settings.items()
             if not args.no_torch and not is_zoo(red)}
     fns.update({("torch", name): torch_run(red) for name, red in peer.items()})
+    load = load_note()
     times = time_round_robin(fns, repeats=args.repeats)
+    peak = matmul_peak_gflops()
 
     base_flops = prefill_flops(cfg, args.text_tokens)["total"]
-    results, rows = {"gflops_unreduced": base_flops / 1e9}, []
+    results, rows = {"gflops_unreduced": base_flops / 1e9, "matmul_peak_gflops": peak}, []
     for name, red in settings.items():
-        bound = base_flops / prefill_flops(cfg, args.text_tokens, red)["total"]
+        flops = b * prefill_flops(cfg, args.text_tokens, red)["total"]
+        bound = b * base_flops / flops
         avg = (cfg.image_seq_length if red is None else
                average_visual_tokens(red, cfg.vision.num_patches, cfg.text.num_hidden_layers))
         entry = {"avg_tokens": avg, "flop_bound": bound}
@@ -117,8 +110,9 @@ def main():
                 continue
             t, t_full = times[(impl, name)], times[(impl, "none")]
             entry[impl] = {"seconds": t, "speedup": t_full / t,
-                           "fraction_of_bound": t_full / t / bound}
-            row += [f"{t*1e3:.0f}", f"{t_full / t / bound:.2f}"]
+                           "fraction_of_bound": t_full / t / bound,
+                           **roofline(flops, t, peak)}
+            row += [f"{t*1e3:.0f}", f"{t_full / t / bound:.2f}", *roofline_cells(flops, t, peak)]
         if name in peer:
             ours = np.asarray(jax_prefill(module, params, *dev, red))[:, 0]
             ref = reduced_prefill(hf, tids, tpix, red, IMAGE_AT).numpy()
@@ -126,19 +120,23 @@ def main():
             entry["torch_over_jax"] = times[("torch", name)] / times[("jax", name)]
             row += [f"{entry['torch_over_jax']:.2f}", f"{entry['max_abs_logit_diff']:.1e}"]
         elif not args.no_torch:
-            row += ["-"] * 4
+            row += ["-"] * 6   # the torch columns: no peer for the zoo selections yet
         results[name] = entry
         rows.append(row)
     print(f"prefill, batch {b}, {args.text_tokens} text tokens, LLaVA-shaped "
           f"(24 CLIP / 32 LLM layers, widths {cfg.vision.hidden_size}/{cfg.text.hidden_size}), "
-          f"{jax.default_backend()}; 'of bound' = speedup over the same implementation's "
-          "unreduced run / FLOP bound")
-    headers = ["setting", "avg vis tok", "FLOP bound", "JAX ms", "JAX of bound"]
+          f"{jax.default_backend()}, {load} at start; 'of bound' = speedup over the same "
+          "implementation's unreduced run / FLOP bound; GFLOP/s against the measured "
+          f"{peak:.0f} GFLOP/s matmul peak")
+    headers = ["setting", "avg vis tok", "FLOP bound", "JAX ms", "JAX of bound", "JAX GFLOP/s",
+               "JAX of peak"]
     if not args.no_torch:
-        headers += ["torch ms", "torch of bound", "torch/JAX", "max |dlogit|"]
+        headers += ["torch ms", "torch of bound", "torch GFLOP/s", "torch of peak", "torch/JAX",
+                    "max |dlogit|"]
     print_table(headers, rows)
     path = write_json(f"{args.name}_b{b}.json", {"batch": b, "text_tokens": args.text_tokens,
-                                             "repeats": args.repeats, "results": results})
+                                             "repeats": args.repeats, "load_at_start": load,
+                                             "results": results})
     print(f"wrote {path}")
 
 

@@ -8,6 +8,8 @@ is all the official code supports as well (batch 1 at evaluation).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from duet_jax.reduction.stage1 import _duet_slots, _visionzip_slots
@@ -50,15 +52,16 @@ def _merge(cls_attn, hidden, metric, stage1):
     else:
         anchors, members = _visionzip_slots(m, stage1.contextual)
         pool = torch.argsort(is_dom.to(torch.int8), dim=-1, stable=True)[:, :m]
-    anchor_pos = pool[:, torch.as_tensor(anchors, dtype=torch.long)] + 1
-    member_pos = pool[:, torch.as_tensor(members, dtype=torch.long)] + 1
+    slots = lambda idx: torch.as_tensor(idx, dtype=torch.long, device=pool.device)
+    anchor_pos = pool[:, slots(anchors)] + 1
+    member_pos = pool[:, slots(members)] + 1
     take = lambda x, idx: torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
     unit = metric / metric.norm(dim=-1, keepdim=True)
     sim = take(unit, member_pos) @ take(unit, anchor_pos).transpose(1, 2)  # [B, members, C]
     onehot = torch.nn.functional.one_hot(sim.argmax(-1), anchor_pos.shape[1]).to(hidden.dtype)
     merged = onehot.transpose(1, 2) @ take(hidden, member_pos)
     merged = merged / onehot.sum(1)[..., None].clamp(min=1.0)
-    dom_pos = torch.cat([torch.zeros(b, 1, dtype=torch.long), dom + 1], 1)
+    dom_pos = torch.cat([torch.zeros_like(dom[:, :1]), dom + 1], 1)
     return torch.cat([take(hidden, dom_pos), take(hidden, anchor_pos) + merged], 1)
 
 
@@ -73,44 +76,77 @@ def _image_attention(layer, h, rope, image_start: int, n_image: int, query_rows:
     k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, *rope)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    rows = torch.arange(t)[query_rows]
+    rows = torch.arange(t, device=h.device)[query_rows]
     logits = (q[:, :, rows] @ k.transpose(-1, -2)) * attn.scaling
-    causal = torch.arange(t)[None, :] <= rows[:, None]
+    causal = torch.arange(t, device=h.device)[None, :] <= rows[:, None]
     probs = torch.softmax(logits.float().masked_fill(~causal, float("-inf")), -1)
     return probs[..., image_start:image_start + n_image].mean(dim=(1, 2))
 
 
-def _drop(h, positions, scores, keep: int, image_start: int, n_image: int):
-    """Keeps the top-`keep` image rows (ascending) of every sample."""
+def _drop_index(h, scores, keep: int, image_start: int, n_image: int):
+    """[B, L'] rows of h [B, L, D] that stay: the top-`keep` image rows (ascending) of
+    every sample, and every text row."""
     kept = torch.sort(torch.topk(scores, keep, dim=-1).indices, -1).values + image_start
     t = h.shape[1]
-    prefix = torch.arange(image_start).expand(h.shape[0], -1)
-    suffix = torch.arange(image_start + n_image, t).expand(h.shape[0], -1)
-    index = torch.cat([prefix, kept, suffix], 1)
-    gathered = torch.gather(h, 1, index[..., None].expand(-1, -1, h.shape[-1]))
-    return gathered, torch.gather(positions, 1, index)
+    prefix = torch.arange(image_start, device=h.device).expand(h.shape[0], -1)
+    suffix = torch.arange(image_start + n_image, t, device=h.device).expand(h.shape[0], -1)
+    return torch.cat([prefix, kept, suffix], 1)
+
+
+def cache_kwarg(layer) -> str:
+    """The name an HF decoder layer takes its KV cache under (`cache` from transformers
+    5.24 on, `past_key_values` before)."""
+    return "cache" if "cache" in inspect.signature(layer.forward).parameters else "past_key_values"
+
+
+def _arange_rows(h):
+    """[B, L] row numbers 0..L-1 of h [B, L, D]."""
+    return torch.arange(h.shape[1], device=h.device)[None].expand(h.shape[0], -1)
 
 
 @torch.no_grad()
-def reduced_prefill(hf, input_ids, pixel_values, reduction, image_start: int):
+def reduced_prefill(hf, input_ids, pixel_values, reduction, image_start: int, cache=None):
     """Last-token logits [B, V] of the (reduced) LLaVA prefill.
 
     input_ids [B, L] carry `image_seq_length` image ids at `image_start` in every
-    sample, no padding; `reduction` is a `ReductionConfig` or None.
+    sample, no padding; `reduction` is a `ReductionConfig` or None. With an HF
+    `cache` (e.g. `DynamicCache()`), every layer writes its keys/values there, and
+    `cache.decode_base` gets each layer's RoPE position of decode step 0 (its
+    segment's length when positions are renumbered, else the unreduced length).
+    """
+    h, _, bases = reduced_forward(hf, input_ids, pixel_values, reduction, image_start, cache)
+    if cache is not None:
+        cache.decode_base = bases
+    return hf.lm_head(hf.model.language_model.norm(h[:, -1]))
+
+
+def reduced_forward(hf, input_ids, pixel_values, reduction, image_start: int, cache=None,
+                    train_queries: int = 0):
+    """The (reduced) LM forward up to the final norm: (hidden [B, L', D], rows [B, L']:
+    each kept row's index in the spliced sequence, per-layer decode base positions).
+
+    CLIP runs without gradients (frozen, as in the fine-tune recipe). `train_queries` > 0:
+    Stage 2 ranks with the training query set `all` of a prompt whose `train_queries`
+    question rows (label -100) follow the image block directly; else the inference rows
+    (the last one, or all from the image block's end).
     """
     cfg = hf.config
     stage1 = reduction.stage1 if reduction is not None else None
     stage2 = reduction.stage2 if reduction is not None else None
     feature_layer = cfg.vision_feature_layer % cfg.vision_config.num_hidden_layers
-    feats = hf.model.multi_modal_projector(
-        _vision_features(hf, pixel_values, stage1, feature_layer))
+    with torch.no_grad():
+        vision = _vision_features(hf, pixel_values, stage1, feature_layer)
+    feats = hf.model.multi_modal_projector(vision)
     lm = hf.model.language_model
     prefix = lm.embed_tokens(input_ids[:, :image_start])
     suffix = lm.embed_tokens(input_ids[:, image_start + cfg.image_seq_length:])
     h = torch.cat([prefix, feats.to(prefix.dtype), suffix], 1)
     n_image = feats.shape[1]
-    positions = torch.arange(h.shape[1])[None].expand(h.shape[0], -1)
-    layers = lm.layers
+    positions = rows = _arange_rows(h)
+    first_len = h.shape[1]
+    layers, bases = lm.layers, []
+    kw = {} if cache is None else {cache_kwarg(layers[0]): cache, "use_cache": True}
+    run = lambda layer, h, rope: layer(h, attention_mask=None, position_embeddings=rope, **kw)
     counts, bounds = [n_image], [0, len(layers)]
     if stage2 is not None:
         counts = stage2.image_counts(n_image)
@@ -119,17 +155,24 @@ def reduced_prefill(hf, input_ids, pixel_values, reduction, image_start: int):
         rope = lm.rotary_emb(h, positions)
         fastv = stage2 is not None and stage2.method == "fastv" and s == 0
         stop = bounds[s + 1] - 1 if fastv else bounds[s + 1]
+        renumbered = stage2 is None or stage2.positions == "renumber"
+        bases += [h.shape[1] if renumbered else first_len] * (bounds[s + 1] - bounds[s])
         for layer in layers[bounds[s]:stop]:
-            h = layer(h, attention_mask=None, position_embeddings=rope)
+            h = run(layer, h, rope)
         if s == len(bounds) - 2 or counts[s] == 0:
             continue
         rank_layer = layers[stop] if fastv else layers[bounds[s + 1]]
         queries = (slice(-1, None) if stage2.queries == "last"
                    else slice(image_start + counts[s], None))
-        scores = _image_attention(rank_layer, h, rope, image_start, counts[s], queries)
+        if train_queries:
+            queries = slice(image_start + counts[s], image_start + counts[s] + train_queries)
+        with torch.no_grad():                      # ranking carries no gradient
+            scores = _image_attention(rank_layer, h, rope, image_start, counts[s], queries)
         if fastv:
-            h = rank_layer(h, attention_mask=None, position_embeddings=rope)
-        h, positions = _drop(h, positions, scores, counts[s + 1], image_start, counts[s])
+            h = run(rank_layer, h, rope)
+        index = _drop_index(h, scores, counts[s + 1], image_start, counts[s])
+        h = torch.gather(h, 1, index[..., None].expand(-1, -1, h.shape[-1]))
+        positions, rows = torch.gather(positions, 1, index), torch.gather(rows, 1, index)
         if stage2.positions == "renumber":
-            positions = torch.arange(h.shape[1])[None].expand(h.shape[0], -1)
-    return hf.lm_head(lm.norm(h[:, -1]))
+            positions = _arange_rows(h)
+    return h, rows, bases
