@@ -79,7 +79,7 @@ class CLIPTextTower:
 def image_embeds(post_layernorm: dict, projection: dict, patches: jax.Array,
                  eps: float) -> jax.Array:
     """patches [B, N, Dv] (the LLaVA tower's selected layer) -> [B, N, P] float32:
-    `visual_projection(post_layernorm(patches))`, as CDPruner computes them (§4)."""
+    `visual_projection(post_layernorm(patches))`, as CDPruner computes them (docs/BASELINES.md §4)."""
     x = _layer_norm(patches.astype(jnp.float32), post_layernorm, eps)
     return x @ projection["kernel"].astype(jnp.float32)
 
