@@ -143,9 +143,11 @@ def load_model(path: str, dtype: str, clip_text_tower: Optional[str] = None):
 
 def run_settings(spec: RunSpec, max_new_tokens: int) -> dict:
     red = None if spec.reduction is None else spec.reduction.to_dict()
+    tower = {} if spec.clip_text_tower is None else {
+        "clip_text_tower": os.path.abspath(spec.clip_text_tower)}
     return {"benchmark": spec.benchmark, "model": os.path.abspath(spec.model_path),
             "reduction": red, "max_new_tokens": max_new_tokens, "dtype": spec.dtype,
-            "questions": os.path.abspath(spec.questions)}
+            "questions": os.path.abspath(spec.questions), **tower}
 
 
 def answer_id(spec: RunSpec, index: int) -> str:
