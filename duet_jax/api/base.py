@@ -180,7 +180,8 @@ class Handle:
         raise NotImplementedError
 
     def _generate(self, module, params, batch: dict, pixels, red, *, max_new_tokens: int,
-                  temperature: float, top_p: float, seed: int, media: str = "an image"):
+                  temperature: float, top_p: float, seed: int, media: str = "an image",
+                  zoo_inputs=None):
         """`generate_tokens` on an encoded batch; Stage 2 needs `media` in every sample."""
         self.check_generation(max_new_tokens, temperature, top_p)
         every = bool(np.all(batch["has_image"]))
@@ -196,7 +197,8 @@ class Handle:
                                top_p=top_p, rng=jax.random.key(seed),
                                salient_mask=jnp.asarray(batch["salient_mask"])
                                if "salient_mask" in batch else None,
-                               images_in_every_sample=every)
+                               images_in_every_sample=every,
+                               **({} if zoo_inputs is None else {"zoo_inputs": zoo_inputs}))
 
     def decode_answers(self, out) -> list:
         """`Generated` -> decoded, stripped answers (special tokens skipped), one per row."""

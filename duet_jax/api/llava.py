@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.api.base import Handle
+from duet_jax.api.clip_text import ClipTextTower, find_clip_text_tower, load_clip_text_tower
 from duet_jax.dtypes import parse_dtype
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import PARAM_AXES, LlavaModel, unstack_params
@@ -20,9 +21,11 @@ from duet_jax.sharding import param_shardings
 
 @functools.partial(jax.jit, static_argnames=("module", "reduction", "images_in_every_sample"))
 def _logits(module, params, input_ids, pixel_values, attention_mask, reduction,
-            images_in_every_sample):
+            images_in_every_sample, zoo_inputs=None):
+    extra = {} if zoo_inputs is None else {"zoo_inputs": zoo_inputs}
     logits, seq = module.apply(params, input_ids, pixel_values, attention_mask,
-                               reduction=reduction, images_in_every_sample=images_in_every_sample)
+                               reduction=reduction, images_in_every_sample=images_in_every_sample,
+                               **extra)
     return logits, seq.valid
 
 
@@ -48,13 +51,13 @@ def load_shardings(module_class, axes: dict, path: str, vision_tower: Optional[s
     return param_shardings(shapes, mesh, axes)
 
 
-def image_logits(module, params, input_ids, pixels, attention_mask, reduction):
+def image_logits(module, params, input_ids, pixels, attention_mask, reduction, zoo_inputs=None):
     """[B, L', V] logits of a right-padded batch (`attention_mask` None: no padding)."""
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     every = bool(np.all(np.asarray(input_ids == module.config.image_token_index).any(1)))
     logits, _ = _logits(module, params, input_ids, pixels, jnp.asarray(attention_mask),
-                        reduction, every)
+                        reduction, every, zoo_inputs)
     return logits
 
 
@@ -66,12 +69,20 @@ class Llava(Handle):
     module_class = LlavaModel    # the pure module `load` builds (LLaVA-NeXT: LlavaNextModel)
     param_axes = PARAM_AXES      # its params' logical axes (duet_jax.sharding), from its model file
     zoo_family = True            # the zoo presets llava15-* run here (docs/BASELINES.md §9)
+    clip_text: Optional[ClipTextTower] = None   # CDPruner's question tower (api.clip_text)
+
+    @property
+    def zoo_inputs(self) -> tuple:
+        return ("clip_text_tower",) if self.clip_text is not None else ()
 
     @classmethod
     def load(cls, path: str, *, dtype: str = "float32", compute_dtype: Optional[str] = None,
-             mesh=None, vision_tower: Optional[str] = None, remat: bool = False):
+             mesh=None, vision_tower: Optional[str] = None, remat: bool = False,
+             clip_text_tower: Optional[str] = None):
         """An HF LLaVA dir (llava-hf or legacy layout), an original LLaVA dir
-        (`vision_tower=` its CLIP dir) or a `python -m convert` output."""
+        (`vision_tower=` its CLIP dir) or a `python -m convert` output.
+        `clip_text_tower`: an HF CLIPModel dir for CDPruner (default: `path/clip_text_tower`
+        where that holds one; docs/BASELINES.md §9)."""
         from duet_jax.checkpoints import load_params
         pdt = parse_dtype(dtype)
         shardings = load_shardings(cls.module_class, cls.param_axes, path, vision_tower, mesh)
@@ -80,19 +91,40 @@ class Llava(Handle):
                                   remat=remat)
         # donate: the stacked copy is freed leaf by leaf, so loading peaks at one
         # leaf above the model size, not at twice the layer weights
-        return cls(cfg, module, unstack_params(params, donate=True), path)
+        params = unstack_params(params, donate=True)
+        clip_dir = find_clip_text_tower(path, clip_text_tower) if cls.zoo_family else None
+        if clip_dir is None:
+            return cls(cfg, module, params, path)
+        clip, projection = load_clip_text_tower(clip_dir, cfg.vision.hidden_size, mesh)
+        return cls(cfg, module, {**params, "clip_projection": projection}, path, clip)
+
+    def zoo_batch(self, batch: dict, red) -> Optional[dict]:
+        """What `red`'s zoo method reads per sample: CDPruner's question embeddings."""
+        if red is None or red.select is None or red.select.method != "cdpruner":
+            return None
+        return self.clip_text.zoo_inputs(batch)
 
     def check_reduction(self, red, media: str = "image") -> None:
         red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers,
                      inputs=self.zoo_inputs)
 
-    def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None):
-        """[B, L', V] float32; rows past each sample's (reduced) length are padding."""
+    def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None,
+               questions: Optional[Sequence[str]] = None):
+        """[B, L', V] float32; rows past each sample's (reduced) length are padding.
+        `questions` (one user message per row): what CDPruner embeds; only it reads them."""
         input_ids = jnp.asarray(input_ids)
         self.module.check_inputs(input_ids, pixel_values)
         self.check_pixels_used(input_ids, pixel_values, self.config.image_token_index)
+        red = self.reduction(reduction)
+        zoo = None
+        if red is not None and red.select is not None and red.select.method == "cdpruner":
+            if questions is None or len(questions) != input_ids.shape[0]:
+                raise ValueError(f"{red.name}: cdpruner embeds each sample's question; pass "
+                                 "questions= (one user message per row) or use encode + "
+                                 "generate_batch")
+            zoo = self.zoo_batch(self.clip_text.segments(questions), red)
         return image_logits(self.module, self.params, input_ids, jnp.asarray(pixel_values),
-                            attention_mask, self.reduction(reduction))
+                            attention_mask, red, zoo)
 
     def encode(self, prompts: Sequence[str], images: Optional[Sequence] = None,
                videos: Optional[Sequence] = None) -> dict:
@@ -126,12 +158,16 @@ class Llava(Handle):
                 continue
             offset = int(np.argmax(row == cfg.image_token_index)) + cfg.image_seq_length
             salient[b] = salient_token_mask(after, question, self.tokenizer, offset, length)
-        return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": np.stack(pixels),
-                "has_image": np.array([im is not None for im in images]), "salient_mask": salient}
+        out = {"input_ids": input_ids, "attention_mask": mask, "pixel_values": np.stack(pixels),
+               "has_image": np.array([im is not None for im in images]), "salient_mask": salient}
+        if self.clip_text is not None:      # CDPruner's question segments (api.clip_text)
+            out.update(self.clip_text.segments(prompts))
+        return out
 
     def generate_batch(self, batch: dict, *, max_new_tokens: int = 128, reduction=None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         """Token-level generation on an encoded batch -> `Generated` (tokens, lengths, forward)."""
-        return self._generate(self.module, self.params, batch, batch["pixel_values"],
-                              self.reduction(reduction), max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_p=top_p, seed=seed)
+        red = self.reduction(reduction)
+        return self._generate(self.module, self.params, batch, batch["pixel_values"], red,
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, seed=seed, zoo_inputs=self.zoo_batch(batch, red))

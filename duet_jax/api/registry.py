@@ -34,17 +34,29 @@ def handle_class(path: str) -> type:
 
 
 def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str] = None,
-               mesh=None, vision_tower: Optional[str] = None, remat: bool = False) -> Handle:
+               mesh=None, vision_tower: Optional[str] = None, remat: bool = False,
+               clip_text_tower: Optional[str] = None) -> Handle:
     """Loads any supported checkpoint directory into its family's handle: an HF LLaVA dir
     (llava-hf or legacy layout), an original LLaVA dir (`vision_tower=` its CLIP dir),
     LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA, Qwen2.5-VL, or a `python -m convert` output of any of them.
 
     dtype: params dtype; compute_dtype defaults to it. mesh: a `jax.sharding.Mesh` to
-    load the params straight onto (see duet_jax.sharding).
+    load the params straight onto (see duet_jax.sharding). clip_text_tower: an HF CLIPModel
+    dir whose text tower CDPruner reads (LLaVA-1.5 only; docs/BASELINES.md §9).
     """
     path = check_directory(path)
-    return handle_class(path).load(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh,
-                                   vision_tower=vision_tower, remat=remat)
+    cls = handle_class(path)
+    extra = {}
+    if clip_text_tower is not None:
+        if not cls.zoo_family:
+            raise ValueError(f"clip_text_tower={clip_text_tower} is read by LLaVA-1.5 only "
+                             f"(CDPruner), not {cls.__name__}; leave it out")
+        if not os.path.isdir(clip_text_tower):
+            raise FileNotFoundError(f"clip_text_tower {clip_text_tower} is not a directory; pass "
+                                    "an HF CLIPModel dir (openai/clip-vit-large-patch14-336)")
+        extra["clip_text_tower"] = os.fspath(clip_text_tower)
+    return cls.load(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh,
+                    vision_tower=vision_tower, remat=remat, **extra)
 
 
 load = load_llava

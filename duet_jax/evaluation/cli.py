@@ -49,6 +49,10 @@ def _add_generation_flags(p) -> None:
     p.add_argument("--length-bucket", type=int, default=32, metavar="T",
                    help="pad each batch to a multiple of T tokens (fewer compiled shapes; "
                         "padding is masked and changes no answer)")
+    p.add_argument("--clip-text-tower", default=None, metavar="DIR",
+                   help="HF CLIPModel dir (openai/clip-vit-large-patch14-336) whose text tower "
+                        "the llava15-cdpruner-* presets read; default: MODEL/clip_text_tower "
+                        "if present")
 
 
 def _add_run(sub) -> None:

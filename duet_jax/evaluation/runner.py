@@ -58,6 +58,7 @@ class RunSpec:
     length_bucket: int = DEFAULT_LENGTH_BUCKET
     model_path: str = ""
     dtype: str = "float32"
+    clip_text_tower: Optional[str] = None     # CDPruner's CLIPModel dir (docs/BASELINES.md §9)
 
     @property
     def reduction_name(self) -> str:
@@ -128,11 +129,11 @@ def check_args(benchmark: str, batch_size: int, max_new_tokens, limit, save_kept
             raise ScoreError(f"{name} must be >= {low}, got {value}")
 
 
-def load_model(path: str, dtype: str):
+def load_model(path: str, dtype: str, clip_text_tower: Optional[str] = None):
     """duet_jax.load_llava with load errors turned into one-line ScoreErrors."""
     import duet_jax
     try:
-        model = duet_jax.load_llava(path, dtype=dtype)
+        model = duet_jax.load_llava(path, dtype=dtype, clip_text_tower=clip_text_tower)
         model.tokenizer     # a missing tokenizer is a load error, not one in mid-run
         return model
     except (OSError, ValueError, KeyError) as e:
@@ -142,9 +143,11 @@ def load_model(path: str, dtype: str):
 
 def run_settings(spec: RunSpec, max_new_tokens: int) -> dict:
     red = None if spec.reduction is None else spec.reduction.to_dict()
+    tower = {} if spec.clip_text_tower is None else {
+        "clip_text_tower": os.path.abspath(spec.clip_text_tower)}
     return {"benchmark": spec.benchmark, "model": os.path.abspath(spec.model_path),
             "reduction": red, "max_new_tokens": max_new_tokens, "dtype": spec.dtype,
-            "questions": os.path.abspath(spec.questions)}
+            "questions": os.path.abspath(spec.questions), **tower}
 
 
 def answer_id(spec: RunSpec, index: int) -> str:
@@ -324,7 +327,8 @@ def run(spec: RunSpec, model=None, *, questions: Optional[list] = None) -> dict:
         pending = [i for i in pending if id(questions[i]) in keep]
     stats = {"answered": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
     if pending:
-        model = load_model(spec.model_path, spec.dtype) if model is None else model
+        model = (load_model(spec.model_path, spec.dtype, spec.clip_text_tower)
+                 if model is None else model)
         if run_media(spec.benchmark) not in model.media:     # only video can miss
             raise ScoreError(f"--benchmark {spec.benchmark} needs a Video-LLaVA checkpoint "
                              f"(config.json model_type 'video_llava'), a model that reads "
@@ -353,7 +357,8 @@ def spec_from_args(args, reduction=None, answers: Optional[str] = None,
         save_kept=args.save_kept or 0,
         kept_dir=kept_dir or os.path.splitext(answers)[0] + "_kept", limit=args.limit,
         length_bucket=getattr(args, "length_bucket", None) or DEFAULT_LENGTH_BUCKET,
-        model_path=args.model, dtype=getattr(args, "dtype", None) or "float32")
+        model_path=args.model, dtype=getattr(args, "dtype", None) or "float32",
+        clip_text_tower=getattr(args, "clip_text_tower", None))
 
 
 def run_command(args) -> int:

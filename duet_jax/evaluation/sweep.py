@@ -172,7 +172,8 @@ def sweep_command(args) -> int:
     questions = load_questions(args.benchmark, args.questions)
     scope = questions if args.limit is None else questions[:args.limit]
     media.check_media(args.benchmark, args.images, scope)
-    model = runner.load_model(args.model, getattr(args, "dtype", None) or "float32")
+    model = runner.load_model(args.model, getattr(args, "dtype", None) or "float32",
+                              getattr(args, "clip_text_tower", None))
     for name, red in reductions:
         if red is not None:
             try:

@@ -140,17 +140,20 @@ def generate_tokens(model: LlavaModel, params: dict, input_ids, pixel_values, at
                     reduction=None, max_new_tokens: int = 128, eos_id: int = 2, pad_id: int = 0,
                     temperature: float = 0.0, top_p: float = 1.0,
                     rng: Optional[jax.Array] = None, salient_mask=None,
-                    images_in_every_sample: bool = True, with_logits: bool = False) -> Generated:
+                    images_in_every_sample: bool = True, with_logits: bool = False,
+                    zoo_inputs=None) -> Generated:
     """LLaVA-1.5 / LLaVA-NeXT / Video-LLaVA (a `LlavaModel` or a view) generation.
 
     input_ids, attention_mask [B, L] (right padding); pixel_values as the model
     takes them; salient_mask [B, L] marks salient question tokens (the
-    `salient` Stage-2 query set). Returns `Generated`.
+    `salient` Stage-2 query set); zoo_inputs: what a zoo method reads per sample
+    (LLaVA-1.5's CDPruner, `duet_jax.models.zoo`). Returns `Generated`.
     """
     rng = jax.random.key(0) if rng is None else rng
+    extra = {} if zoo_inputs is None else {"zoo_inputs": zoo_inputs}
     fwd = model.forward(params, input_ids, pixel_values, attention_mask, reduction=reduction,
                         images_in_every_sample=images_in_every_sample, salient_mask=salient_mask,
-                        return_kv=True)
+                        return_kv=True, **extra)
     seq = fwd.sequence
     logits = last_token_logits(model.text, params["text"], seq.hidden, seq.valid)
     keep_positions = (reduction is not None and reduction.stage2 is not None

@@ -30,7 +30,9 @@ class CLIPAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, probe: bool = False, full_attn: bool = False):
+    def __call__(self, x, probe: bool = False, full_attn: bool = False, mask=None):
+        """x [B, T, D]; `mask` [B, 1, T, T] bool (True: may attend), e.g. the text tower's
+        causal-and-padding mask (duet_jax.models.clip_text); None: full attention."""
         cfg = self.config
         b, t, _ = x.shape
         h, hd = cfg.num_attention_heads, cfg.head_dim
@@ -47,7 +49,7 @@ class CLIPAttention(nn.Module):
                                 metric=k.astype(jnp.float32).mean(axis=2),
                                 attn=probs if full_attn else None)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, scale=hd ** -0.5)
+            out = jax.nn.dot_product_attention(q, k, v, scale=hd ** -0.5, mask=mask)
             extra = None
         out = dense("out_proj")(out.reshape(b, t, h * hd))
         return out, extra
@@ -66,15 +68,17 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
+    """One pre-LN CLIP layer, shared by the vision and text towers (`config` needs
+    hidden_size, intermediate_size, num_attention_heads, head_dim, hidden_act, layer_norm_eps)."""
     config: VisionConfig
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, probe: bool = False, full_attn: bool = False):
+    def __call__(self, x, probe: bool = False, full_attn: bool = False, mask=None):
         eps = self.config.layer_norm_eps
         ln = lambda name: nn.LayerNorm(epsilon=eps, dtype=self.dtype, name=name)
         attn_out, extra = CLIPAttention(self.config, self.dtype, name="self_attn")(
-            ln("layer_norm1")(x), probe=probe, full_attn=full_attn)
+            ln("layer_norm1")(x), probe=probe, full_attn=full_attn, mask=mask)
         x = x + attn_out
         x = x + CLIPMLP(self.config, self.dtype, name="mlp")(ln("layer_norm2")(x))
         return x, extra

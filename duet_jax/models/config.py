@@ -66,6 +66,30 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CLIPTextConfig:
+    """HF `CLIPTextConfig` (defaults: openai/clip-vit-large-patch14-336's text tower) plus
+    the checkpoint's `projection_dim`; CDPruner reads it (docs/BASELINES.md §4)."""
+    vocab_size: int = 49408
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    eos_token_id: int = 2
+    projection_dim: int = 768
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, d: Mapping[str, Any], projection_dim: int) -> "CLIPTextConfig":
+        return _pick(d, cls, projection_dim=projection_dim)
+
+
+@dataclasses.dataclass(frozen=True)
 class TextConfig:
     """Defaults are HF `LlamaConfig`'s."""
     vocab_size: int = 32000

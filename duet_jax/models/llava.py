@@ -174,23 +174,25 @@ class LlavaModel:
               attention_mask: Optional[jax.Array] = None, labels: Optional[jax.Array] = None,
               reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
               prompt_lengths: Optional[jax.Array] = None, salient_mask=None, segment_lengths=None,
-              splice_length: Optional[int] = None):
+              splice_length: Optional[int] = None, zoo_inputs=None):
         """Logits [B, L', V] float32 and the final `Sequence` (labels/valid after any drops).
 
         `reduction` is a `duet_jax.reduction.ReductionConfig` (static) or None,
         which is exactly the unreduced LLaVA forward (L' = L). `train` selects the
-        training query sets (from labels) for Stage 2.
+        training query sets (from labels) for Stage 2. `zoo_inputs`: per-sample inputs
+        a zoo method reads (CDPruner's question embeddings, `duet_jax.models.zoo`).
         """
         out = self.forward(params, input_ids, pixel_values, attention_mask, labels, reduction,
                            images_in_every_sample, train=train, prompt_lengths=prompt_lengths,
                            salient_mask=salient_mask, segment_lengths=segment_lengths,
-                           splice_length=splice_length)
+                           splice_length=splice_length, zoo_inputs=zoo_inputs)
         return self.text.head(params["text"], out.sequence.hidden), out.sequence
 
     def forward(self, params: dict, input_ids, pixel_values, attention_mask=None, labels=None,
                 reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
                 prompt_lengths=None, salient_mask=None, segment_lengths=None,
-                return_kv: bool = False, splice_length: Optional[int] = None) -> "Forward":
+                return_kv: bool = False, splice_length: Optional[int] = None,
+                zoo_inputs=None) -> "Forward":
         """Everything up to the final norm: final sequence, per-segment state, selections."""
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
@@ -198,7 +200,8 @@ class LlavaModel:
         if select is None:
             feats = self.image_features(params, pixel_values, stage1)
         else:   # a zoo method at the LM input replaces Stage 1 (docs/BASELINES.md §9)
-            feats = ImageFeatures(*select_image_tokens(self, params, pixel_values, select))
+            feats = ImageFeatures(*select_image_tokens(self, params, pixel_values, select,
+                                                         zoo_inputs))
         seq = self.splice(params, input_ids, feats.tokens, attention_mask, labels,
                           images_in_every_sample, prompt_lengths, salient_mask, splice_length)
         seq, segments, kept = run_language_model(

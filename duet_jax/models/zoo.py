@@ -10,8 +10,9 @@ projected patches:
   rows equals gathering projected rows);
 * VScan stage 1: CLS attention of CLIP layers 5 and -2, merge in projector space;
 * DivPrune, random, pool: projector outputs;
-* CDPruner: needs CLIP text embeddings of the question, which a LLaVA
-  checkpoint lacks (``ReductionConfig.validate`` refuses it first).
+* CDPruner: projector outputs, CLIP ``visual_projection(post_layernorm(patches))``
+  and the question's CLIP text embeddings (``zoo_inputs``, from the CLIP text
+  tower the handle loads); one selection per sample with its own question.
 
 Selections run in float32 at least (docs/BASELINES.md §0); the kept rows are
 gathered from the model-dtype tensors. DART is a Stage-2 method
@@ -22,8 +23,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from duet_jax.reduction import (SHALLOW_LAYER, at_least_float32 as _wide, divprune_select,
-                                pool_tokens, random_select, vispruner_select, vscan_select)
+from duet_jax.models.clip_text import image_embeds as clip_image_embeds
+from duet_jax.reduction import (SHALLOW_LAYER, at_least_float32 as _wide, cdpruner_select,
+                                divprune_select, pool_tokens, random_select, vispruner_select,
+                                vscan_select)
 
 
 def take_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
@@ -31,12 +34,15 @@ def take_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, keep[:, :, None], axis=1)
 
 
-def select_image_tokens(model, params: dict, pixel_values: jax.Array, select) -> tuple:
+def select_image_tokens(model, params: dict, pixel_values: jax.Array, select,
+                        zoo_inputs=None) -> tuple:
     """pixel_values [B, 3, H, W] -> (tokens [B, K, Dt], positions [B, K] or None).
 
     `model`: a `LlavaModel` (its `vision`, `project` and config); `select`: a
     `SelectConfig`. positions are vision-sequence positions of the kept patches
     (CLS = 0, patch p = p + 1; None for pooled cells), as Stage 1 reports them.
+    `zoo_inputs`: CDPruner's ``{"text_embeds": [B, M, P], "text_mask": [B, M]}``
+    (each sample's question segments; needs ``params["clip_projection"]``).
     """
     cfg = model.config
     if cfg.vision_feature_select_strategy != "default":
@@ -64,11 +70,19 @@ def select_image_tokens(model, params: dict, pixel_values: jax.Array, select) ->
         sel = vscan_select(_wide(out.probe[0].cls_attn), _wide(out.probe[1].cls_attn),
                            projected, k)
         return sel["merged"], sel["keep"] + 1
-    if method == "cdpruner":
-        raise ValueError("cdpruner needs CLIP text embeddings of the question (a CLIP text "
-                         "tower), which LLaVA checkpoints lack; use cdpruner_select directly")
+    if method == "cdpruner" and (zoo_inputs is None or "clip_projection" not in params):
+        raise ValueError("cdpruner needs CLIP text embeddings of the question and CLIP's "
+                         "visual_projection (a CLIP text tower), which LLaVA checkpoints lack; "
+                         "load one with load_llava(..., clip_text_tower=DIR)")
     out = vision.apply(params["vision"], pixel_values, stop_after=layer)
     projected = model.project(params, out.hidden[:, 1:])
+    if method == "cdpruner":   # per sample: each image with its own question (docs/BASELINES.md §4)
+        embeds = clip_image_embeds(params["vision"]["post_layernorm"], params["clip_projection"],
+                                   out.hidden[:, 1:], cfg.vision.layer_norm_eps)
+        one = lambda f, ie, te, tm: cdpruner_select(f[None], ie[None], te, k, tm)["keep"][0]
+        keep = jax.vmap(one)(_wide(projected), _wide(embeds), _wide(zoo_inputs["text_embeds"]),
+                             zoo_inputs["text_mask"])
+        return take_rows(projected, keep), keep + 1
     if method == "pool":
         return pool_tokens(projected, k)["tokens"], None
     if method == "divprune":

@@ -24,24 +24,33 @@ from ._zoo import HIGHEST, ascending, check_count, check_float, unit_gram, unit_
 RELEVANCE_EPS = 1e-6
 
 
-def cdpruner_relevance(image_embeds: jax.Array, text_embeds: jax.Array) -> jax.Array:
+def cdpruner_relevance(image_embeds: jax.Array, text_embeds: jax.Array,
+                       text_mask=None) -> jax.Array:
     """[B, N, P] x [M, P] -> [B, N]: ``-mean_m cos(image, text_m)``, then
-    ``(rel - min + 1e-6) / (max - min)`` with min and max over the whole array."""
+    ``(rel - min + 1e-6) / (max - min)`` with min and max over the whole array.
+    ``text_mask`` [M] bool (None: all): the mean runs over the True segments only,
+    so a question padded to a batch's static segment count keeps its own mean."""
     ie, te = unit_rows(image_embeds), unit_rows(text_embeds)
-    rel = jnp.mean(-jnp.einsum("bnp,mp->bnm", ie, te, precision=HIGHEST), axis=-1)
+    cos = -jnp.einsum("bnp,mp->bnm", ie, te, precision=HIGHEST)
+    if text_mask is None:
+        rel = jnp.mean(cos, axis=-1)
+    else:
+        w = text_mask.astype(cos.dtype)
+        rel = jnp.sum(cos * w, axis=-1) / jnp.sum(w)
     lo, hi = jnp.min(rel), jnp.max(rel)
     return (rel - lo + RELEVANCE_EPS) / (hi - lo)
 
 
 @functools.partial(jax.jit, static_argnames=("T",))
 def cdpruner_select(features: jax.Array, image_embeds: jax.Array, text_embeds: jax.Array,
-                    T: int) -> dict:
+                    T: int, text_mask=None) -> dict:
     """CDPruner selection (docs/BASELINES.md §4).
 
     features:     [B, N, D] projector outputs (the similarity space).
     image_embeds: [B, N, P] CLIP ``visual_projection(post_layernorm(patches))``.
     text_embeds:  [M, P] CLIP text embeddings of the question's 77-token segments.
     T:            static number of tokens, ``1 <= T <= N`` (and at most rank S).
+    text_mask:    [M] bool, the real segments of ``text_embeds`` (None: all).
 
     Returns ``{"select_order": [B, T] int32`` (greedy order), ``"keep": [B, T]
     int32`` ascending, ``"relevance": [B, N]`` (after the min-max step)``}``.
@@ -55,7 +64,7 @@ def cdpruner_select(features: jax.Array, image_embeds: jax.Array, text_embeds: j
                          f"do not match features {features.shape}")
     check_count("T", T, 1, n)
     similarity = unit_gram(features)                                    # [B, N, N]
-    relevance = cdpruner_relevance(image_embeds, text_embeds).astype(similarity.dtype)
+    relevance = cdpruner_relevance(image_embeds, text_embeds, text_mask).astype(similarity.dtype)
     kernel = relevance[:, :, None] * similarity * relevance[:, None, :]
 
     batch = jnp.arange(b)

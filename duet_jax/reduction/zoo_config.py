@@ -23,6 +23,9 @@ SELECT_METHODS = ("divprune", "vispruner", "cdpruner", "vscan", "random", "pool"
 METHOD_NEEDS = {"cdpruner": ("clip_text_tower",)}
 INPUT_HINTS = {"clip_text_tower": "the CLIP text tower and visual projection (text_embeds of the "
                                   "question, image_embeds of the patches)"}
+INPUT_FIXES = {"clip_text_tower": "use --clip-text-tower DIR (load_llava(..., clip_text_tower=DIR))"
+                                  " with an HF CLIPModel dir such as "
+                                  "openai/clip-vit-large-patch14-336, or another preset"}
 DART_PIVOTS = (4, 4)   # (p_img, p_txt): the official defaults (docs/BASELINES.md §2)
 
 
@@ -83,8 +86,7 @@ class SelectConfig:
         missing = [need for need in METHOD_NEEDS.get(self.method, ()) if need not in inputs]
         if missing:
             raise ValueError(f"{name}: {self.method} needs {INPUT_HINTS[missing[0]]}, which "
-                             f"this checkpoint lacks ({missing[0]}); use a checkpoint that "
-                             "carries one or another preset")
+                             f"this checkpoint lacks ({missing[0]}); {INPUT_FIXES[missing[0]]}")
         side = math.isqrt(num_patches)
         if self.method in ("pool", "vscan") and side * side != num_patches:
             raise ValueError(f"{name}: {self.method} needs a square patch grid, not "

@@ -55,7 +55,7 @@ def test_every_zoo_preset_exists_with_its_real_counts(method, budget):
 def test_cdpruner_needs_a_clip_text_tower(budget):
     name = f"llava15-cdpruner-{budget}"
     with pytest.raises(ValueError, match=f"^{name}: cdpruner needs .*CLIP text tower.*"
-                                         "clip_text_tower.*; use "):
+                                         "clip_text_tower.*; use --clip-text-tower DIR"):
         llava_handle().reduction(name)
     # a checkpoint offering the input passes the check
     get_preset(name).validate(576, 32, inputs=("clip_text_tower",))
