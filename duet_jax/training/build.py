@@ -80,6 +80,19 @@ def model_config(cfg: TrainConfig, tokenizer) -> LlavaConfig:
                                pad_token_id=tokenizer.pad_token_id)
 
 
+def geometry_config(cfg: TrainConfig) -> LlavaConfig:
+    """The model's shapes before any asset exists: the checkpoint's config (headers only), or
+    the random model's sizes with a placeholder vocabulary. Patch count and depth, which the
+    reduction is checked against, do not depend on the tokenizer."""
+    if cfg.model.checkpoint:
+        return checkpoint_config(cfg)
+    try:
+        sizes = cfg.model.random
+        return random_llava_config(sizes, vocab_size=sizes.tokenizer_vocab_size, image_token_index=0)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def resolve_reduction_name(cfg: TrainConfig):
     """The ReductionConfig that cfg.reduction names (not yet checked against a model)."""
     from duet_jax.reduction import resolve_reduction

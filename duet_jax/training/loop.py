@@ -153,7 +153,7 @@ def check_inputs(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}: no such file or folder ({path}); give an existing path "
                               "or leave it unset")
     build.compute_dtypes(cfg)               # ConfigError naming model.dtype / param_dtype
-    build.resolve_reduction_name(cfg)       # the preset or shape; fitted to the model later
+    build.reduction_for(cfg, build.geometry_config(cfg))   # budgets and layers fit the model
     if cfg.checkpoint.export_dtype is not None:
         try:
             cast_dtype(cfg.checkpoint.export_dtype)

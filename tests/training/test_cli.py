@@ -186,3 +186,14 @@ def test_full_disk_exits_1_in_one_line(capsys, assets_dir, tmp_path, monkeypatch
     code, line = _main(capsys, assets_dir, tmp_path, "mesh.data=1", "micro_batch_size=4",
                        "global_batch_size=4", "max_steps=1")
     assert code == 1 and line == f"error: No space left on device ({tmp_path / 'out' / 'config.yaml'})"
+
+
+@pytest.mark.parametrize("tokenizer", ["given", "built"])
+def test_reduction_beyond_the_model_is_refused_before_the_tokenizer_is_built(
+        capsys, assets_dir, tmp_path, tokenizer):
+    """Stage-2 layer 9 of a 3-layer LM: refused from the config's sizes alone, so a random
+    model's tokenizer is not yet written into output_dir/assets."""
+    unset = ["model.tokenizer=null"] if tokenizer == "built" else []
+    code, line = _main(capsys, assets_dir, tmp_path, "reduction.stage2.layers=[1, 9]", *unset)
+    assert code == 2 and line.startswith("error: reduction:") and "9" in line, line
+    assert not (tmp_path / "out").exists()
