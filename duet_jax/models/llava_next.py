@@ -212,8 +212,10 @@ class LlavaNextModel(LlavaModel):
     def forward(self, params: dict, input_ids, pixel_values, attention_mask=None, labels=None,
                 reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
                 prompt_lengths=None, salient_mask=None, segment_lengths=None,
-                return_kv: bool = False, splice_length: Optional[int] = None) -> Forward:
-        """As `LlavaModel.forward`; pixel_values is `NextImages` and every sample has an image."""
+                return_kv: bool = False, splice_length: Optional[int] = None,
+                zoo_inputs=None) -> Forward:
+        """As `LlavaModel.forward`; pixel_values is `NextImages` and every sample has an image.
+        `zoo_inputs` is accepted for `LlavaModel.apply`'s call; no NeXT zoo method reads one."""
         if not images_in_every_sample or segment_lengths is not None:
             raise ValueError("LLaVA-NeXT batches need an image in every sample and host-default "
                              "segment lengths")
