@@ -314,6 +314,11 @@ QWEN_DUET = {"640": (870, 153), "320": (517, 91), "160": (207, 36), "640-scripts
 ZOO_SELECT = ("divprune", "vispruner", "cdpruner", "random", "pool")
 VSCAN_BUDGETS = {192: (288, 96), 128: (192, 64), 64: (96, 32)}
 DART_LAYER = 2
+# DART on LLaVA-NeXT / OneVision (docs/BASELINES.md §9): the same layer and pivots over the
+# whole image block, keep 4 + 8 * (budget // 8) at the family's duet budgets (the DART
+# paper keeps 320 of NeXT's 2880, 11.1%); a 2x2 grid (5 crops) for the accounting.
+NEXT_DART = (640, 320, 160)
+OV_DART = (810, 403, 203)
 
 
 def _build_presets():
@@ -363,6 +368,11 @@ def _build_presets():
         add(f"llava15-vscan-{budget}", None,
             Stage2Config((16,), (), queries="last", keep=(keep,)), budget,
             select=SelectConfig("vscan", t))
+    for family, budgets in (("llavanext", NEXT_DART), ("llavaov", OV_DART)):
+        for budget in budgets:
+            add(f"{family}-dart-{budget}", None,
+                Stage2Config((DART_LAYER,), (), positions="keep", method="dart",
+                             keep=(dart_kept_count(*DART_PIVOTS, budget // sum(DART_PIVOTS)),)))
     return presets, targets
 
 
