@@ -20,6 +20,7 @@ import numpy as np
 from duet_jax.api.llava import Llava, _logits
 from duet_jax.models import anyres
 from duet_jax.models.llava_next import PARAM_AXES, LlavaNextModel, NextImages
+from duet_jax.models.zoo import BLOCK_METHODS
 
 
 def as_images(pixel_values, image_sizes=None) -> NextImages:
@@ -40,7 +41,8 @@ class LlavaNext(Llava):
     """LLaVA-NeXT handle; `pixel_values` may be `NextImages` or come with `image_sizes=`."""
     module_class = LlavaNextModel
     param_axes = PARAM_AXES
-    zoo_methods = ("dart",)      # DART runs on the image block in the LM (docs/BASELINES.md §9)
+    # DART in the LM, DivPrune / random over the whole image block (docs/BASELINES.md §9)
+    zoo_methods = ("dart", *BLOCK_METHODS)
 
     @property
     def max_crops(self) -> int:

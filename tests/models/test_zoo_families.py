@@ -1,5 +1,6 @@
 """Zoo methods on LLaVA-NeXT and LLaVA-OneVision (docs/BASELINES.md §9) == the slow
-per-sample reference of each family's reduced tests: HF's own image block, then DART
+per-sample reference of each family's reduced tests: HF's own image block, DivPrune
+(NumPy oracle) or random (the seeded draw of that row) over the whole block, then DART
 by explicit gathers (layer K-1's post-RoPE keys and final norm from HF modules, the
 NumPy oracle's keep, kept rows at their original positions). Two samples of one image
 size whose blocks start at different rows with different text lengths: every row
@@ -16,15 +17,19 @@ from duet_jax.api.llava_onevision import LlavaOnevision
 from duet_jax.models import onevision_layout as layout
 from duet_jax.models.llava_next import LlavaNextModel, NextImages
 from duet_jax.models.onevision import OnevisionModel
-from duet_jax.reduction import ReductionConfig, Stage2Config
+from duet_jax.reduction import ReductionConfig, SelectConfig, Stage2Config, random_select
 from tests.helpers.tiny_hf import jax_params
 from tests.helpers.tiny_next import SIZES, hf_image_token_counts, next_batch, tiny_llava_next
 from tests.helpers.tiny_onevision import (IMAGE_TOKEN, block_batch, hf_block_features,
                                           image_pixels, tiny_onevision)
 from tests.models.test_next_reduced import _reference
+from tests.reduction import zoo_oracle
 
 DART = ReductionConfig("t-dart", None, Stage2Config((2,), (), positions="keep", method="dart",
                                                      keep=(20,)))
+
+SELECT = {"divprune": ReductionConfig("t-divprune", select=SelectConfig("divprune", 30)),
+          "random": ReductionConfig("t-random", select=SelectConfig("random", 30, seed=7))}
 
 
 def _pad_cat(parts):
@@ -75,11 +80,33 @@ def test_dart_forward_equals_gathered_reference(family):
         np.testing.assert_allclose(logits[b, :len(ref)], ref, atol=1e-4, rtol=0)
 
 
-def test_dart_refuses_mixed_sizes_and_a_keep_beyond_the_block():
+@pytest.mark.parametrize("method", sorted(SELECT))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_block_selection_equals_gathered_reference(family, method):
+    hf, cfg, params, model, ids, mask, images, blocks = FAMILIES[family]()
+    red = SELECT[method]
+    logits, seq = jax.jit(model.apply, static_argnames=("reduction",))(
+        params, ids, images, mask, reduction=red, prompt_lengths=mask.sum(1))
+    logits, valid = np.asarray(logits), np.asarray(seq.valid)
+    k, n = red.select.budget, len(blocks[0])
+    for b in range(len(ids)):
+        if method == "divprune":
+            keep = zoo_oracle.divprune(blocks[b][None], k)["keep"][0]
+        else:
+            keep = np.asarray(random_select(jax.random.key(7), len(ids), k, n)["keep"])[b]
+        ref = _reference(hf, model, params, ids[b], blocks[b][keep], int(mask[b].sum()),
+                         int(mask[b].sum()), red, np.zeros(ids.shape[1], bool))
+        assert valid[b].sum() == len(ref) == mask[b].sum() - n + k
+        np.testing.assert_allclose(logits[b, :len(ref)], ref, atol=1e-4, rtol=0)
+
+
+def test_zoo_refuses_mixed_sizes_and_a_keep_beyond_the_block():
     hf, cfg, params, model, *_ = _next()
     ids, mask, pixels, sizes = next_batch(hf, SIZES[:2], (6, 6), seed=1)
     with pytest.raises(ValueError, match=r"^DART needs one image-token count .*shape_key\)$"):
         model.apply(params, ids, NextImages(pixels, sizes), mask, reduction=DART)
+    with pytest.raises(ValueError, match=r"^divprune needs one image-block length .*shape_key\)$"):
+        model.apply(params, ids, NextImages(pixels, sizes), mask, reduction=SELECT["divprune"])
     big = ReductionConfig("t-big", None, Stage2Config((2,), (), positions="keep", method="dart",
                                                       keep=(4 + 8 * 40,)))
     ids, mask, pixels, sizes = next_batch(hf, SIZES[1:2], (6,), seed=1)
@@ -93,10 +120,11 @@ def test_handles_run_dart_and_refuse_other_zoo_methods_in_one_line(handle):
     _, cfg, params, model, *_ = make()
     family = "llavanext" if handle is LlavaNext else "llavaov"
     h = handle(cfg, model, params)
-    assert h.reduction(DART) is DART
-    with pytest.raises(ValueError, match=rf"^llava15-divprune-64: divprune is not wired into "
-                                         rf"{handle.__name__} \(its zoo methods: dart\)") as err:
-        h.reduction("llava15-divprune-64")
+    assert h.reduction(DART) is DART and h.reduction(SELECT["divprune"]) is SELECT["divprune"]
+    with pytest.raises(ValueError, match=rf"^llava15-pool-64: pool is not wired into "
+                                         rf"{handle.__name__} \(its zoo methods: dart, "
+                                         rf"divprune, random\)") as err:
+        h.reduction("llava15-pool-64")
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=rf"^{family}-dart-\d+: stage2.keep=\d+ exceeds"):
         h.reduction(f"{family}-dart-640" if handle is LlavaNext else "llavaov-dart-810")

@@ -77,9 +77,25 @@ def test_next_and_onevision_dart_presets_keep_their_stated_counts(name):
                                  text=SimpleNamespace(num_hidden_layers=layers),
                                  image_grid_pinpoints=pins, num_frames=8), None, None)
     assert handle.reduction(name) is config
-    with pytest.raises(ValueError, match=rf"^llava15-random-64: random is not wired into "
-                                         rf"{cls.__name__} \(its zoo methods: dart\)"):
-        handle.reduction("llava15-random-64")
+    with pytest.raises(ValueError, match=rf"^llava15-pool-64: pool is not wired into "
+                                         rf"{cls.__name__} \(its zoo methods: dart, divprune, "
+                                         rf"random\)"):
+        handle.reduction("llava15-pool-64")
+
+
+@pytest.mark.parametrize("family,budgets,patches,layers", [
+    ("llavanext", (640, 320, 160), 576, 32), ("llavaov", (810, 403, 203), 729, 28)])
+@pytest.mark.parametrize("method", ["divprune", "random"])
+def test_next_and_onevision_block_selection_presets_keep_their_budget(family, budgets, patches,
+                                                                      layers, method):
+    for budget in budgets:
+        config = get_preset(f"{family}-{method}-{budget}")
+        assert config.stage1 is None and config.stage2 is None
+        assert config.select == SelectConfig(method, budget)
+        # one selection over the whole 2x2-grid block, so the average is the budget itself
+        assert config.image_tokens(patches, crops=5) == budget
+        assert average_visual_tokens(config, patches, layers, crops=5) == budget
+        config.validate(patches, layers, crops=5)
 
 
 @pytest.mark.parametrize("budget", [192, 128, 64])
@@ -149,4 +165,8 @@ def test_select_config_sizes():
         Stage2Config((2, 8), (), positions="keep", method="dart", keep=(68, 20))
     zoo = [n for n in PRESETS if n.split("-")[1] in METHODS]
     assert sum(1 for n in zoo if n.startswith("llava15-")) == 21
-    assert sorted(n for n in zoo if not n.startswith("llava15-")) == sorted(FAMILY_DART)
+    blocks = [f"{family}-{m}-{b}" for family, budgets in (("llavanext", (640, 320, 160)),
+                                                          ("llavaov", (810, 403, 203)))
+              for m in ("divprune", "random") for b in budgets]
+    assert sorted(n for n in zoo if not n.startswith("llava15-")) == sorted([*FAMILY_DART,
+                                                                             *blocks])
