@@ -128,3 +128,29 @@ def test_handles_run_dart_and_refuse_other_zoo_methods_in_one_line(handle):
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=rf"^{family}-dart-\d+: stage2.keep=\d+ exceeds"):
         h.reduction(f"{family}-dart-640" if handle is LlavaNext else "llavaov-dart-810")
+
+
+@pytest.mark.parametrize("name", ["dart", "divprune"])
+def test_next_handle_generation_starts_with_the_reduced_argmax(name):
+    """Prefill + KV-cached decode through the NeXT handle (DART: kept positions; DivPrune:
+    a shorter spliced block): the first token is the reduced forward's argmax at each
+    sample's last row, and the second sample decodes as it does alone (batch 1)."""
+    hf, cfg, params, model, ids, mask, images, blocks = _next()
+    red = DART if name == "dart" else SELECT[name]
+
+    class Tiny(LlavaNext):
+        pad_id = 0      # no tokenizer directory
+
+    handle = Tiny(cfg, model, params)
+    logits = np.asarray(handle.logits(ids, images, mask, reduction=red))
+    kept = red.image_counts(red.select.budget if red.select else len(blocks[0]))[-1]
+    lengths = mask.sum(1) - (len(blocks[0]) - kept)
+    batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": images,
+             "has_image": np.ones(len(ids), bool)}
+    tokens = np.asarray(handle.generate_batch(batch, max_new_tokens=3, reduction=red).tokens)
+    for row in range(len(ids)):
+        assert tokens[row, 0] == int(np.argmax(logits[row, lengths[row] - 1]))
+    one = {"input_ids": ids[1:], "attention_mask": mask[1:], "has_image": batch["has_image"][1:],
+           "pixel_values": NextImages(images.pixels[1:], images.sizes[1:])}
+    alone = np.asarray(handle.generate_batch(one, max_new_tokens=3, reduction=red).tokens)
+    np.testing.assert_array_equal(alone[0], tokens[1])
