@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from duet_jax.generation.decode import generate_tokens
-from duet_jax.reduction import resolve_reduction
+from duet_jax.reduction import resolve_reduction, zoo_method
 
 def check_directory(path) -> str:
     """`path` as a str, or FileNotFoundError saying what to pass."""
@@ -51,7 +51,7 @@ class Handle:
 
     media = ("image",)           # what `encode` / `generate` read besides text
     kept_pictures = True         # `eval.py run --save-kept` can draw its kept tokens
-    zoo_family = False           # runs the method zoo's `select` and DART (docs/BASELINES.md §9)
+    zoo_methods = ()             # the zoo methods this family runs (reduction.ZOO_METHODS; docs/BASELINES.md §9)
     zoo_inputs = ()              # optional inputs zoo methods may read (reduction.METHOD_NEEDS)
 
     @functools.cached_property
@@ -74,11 +74,11 @@ class Handle:
         """Resolves a preset name / config / None and checks it fits this model and media."""
         red = resolve_reduction(reduction)
         if red is not None:
-            zoo = red.select is not None or (red.stage2 is not None and red.stage2.method == "dart")
-            if zoo and not self.zoo_family:
-                method = red.select.method if red.select is not None else "dart"
-                raise ValueError(f"{red.name}: {method} is wired into LLaVA-1.5 only, not "
-                                 f"{type(self).__name__}; use this family's duet presets")
+            method = zoo_method(red)
+            if method is not None and method not in self.zoo_methods:
+                runs = ", ".join(self.zoo_methods) or "none"
+                raise ValueError(f"{red.name}: {method} is not wired into {type(self).__name__} "
+                                 f"(its zoo methods: {runs}); use this family's presets")
             self.check_reduction(red, media)
         return red
 

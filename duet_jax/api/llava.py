@@ -16,6 +16,7 @@ from duet_jax.api.clip_text import ClipTextTower, find_clip_text_tower, load_cli
 from duet_jax.dtypes import parse_dtype
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import PARAM_AXES, LlavaModel, unstack_params
+from duet_jax.reduction import ZOO_METHODS
 from duet_jax.sharding import param_shardings
 
 
@@ -68,7 +69,7 @@ class Llava(Handle):
     module: LlavaModel
     module_class = LlavaModel    # the pure module `load` builds (LLaVA-NeXT: LlavaNextModel)
     param_axes = PARAM_AXES      # its params' logical axes (duet_jax.sharding), from its model file
-    zoo_family = True            # the zoo presets llava15-* run here (docs/BASELINES.md §9)
+    zoo_methods = ZOO_METHODS    # every zoo preset llava15-* runs here (docs/BASELINES.md §9)
     clip_text: Optional[ClipTextTower] = None   # CDPruner's question tower (api.clip_text)
 
     @property
@@ -92,7 +93,8 @@ class Llava(Handle):
         # donate: the stacked copy is freed leaf by leaf, so loading peaks at one
         # leaf above the model size, not at twice the layer weights
         params = unstack_params(params, donate=True)
-        clip_dir = find_clip_text_tower(path, clip_text_tower) if cls.zoo_family else None
+        clip_dir = (find_clip_text_tower(path, clip_text_tower) if "cdpruner" in cls.zoo_methods
+                    else None)
         if clip_dir is None:
             return cls(cfg, module, params, path)
         clip, projection = load_clip_text_tower(clip_dir, cfg.vision.hidden_size, mesh)

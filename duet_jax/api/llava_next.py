@@ -20,6 +20,7 @@ import numpy as np
 from duet_jax.api.llava import Llava, _logits
 from duet_jax.models import anyres
 from duet_jax.models.llava_next import PARAM_AXES, LlavaNextModel, NextImages
+from duet_jax.models.zoo import BLOCK_METHODS
 
 
 def as_images(pixel_values, image_sizes=None) -> NextImages:
@@ -40,7 +41,20 @@ class LlavaNext(Llava):
     """LLaVA-NeXT handle; `pixel_values` may be `NextImages` or come with `image_sizes=`."""
     module_class = LlavaNextModel
     param_axes = PARAM_AXES
-    zoo_family = False           # zoo presets are LLaVA-1.5 only (docs/BASELINES.md §9)
+    # DART in the LM, DivPrune / random over the whole image block (docs/BASELINES.md §9)
+    zoo_methods = ("dart", *BLOCK_METHODS)
+
+    @property
+    def max_crops(self) -> int:
+        """Crops of the largest AnyRes grid: the base crop plus its tiles."""
+        side = self.config.vision.image_size
+        return 1 + max((h // side) * (w // side) for h, w in self.config.image_grid_pinpoints)
+
+    def check_reduction(self, red, media: str = "image") -> None:
+        """A block's n_0 depends on the image, so a Stage-2 keep is checked against the
+        largest grid here and against each batch's blocks when it runs."""
+        red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers,
+                     crops=self.max_crops, inputs=self.zoo_inputs)
 
     def logits(self, input_ids, pixel_values, attention_mask=None, reduction=None,
                image_sizes=None):

@@ -71,7 +71,7 @@ class LlavaOnevision(LlavaNext):
     def check_reduction(self, red, media: str = "image") -> None:
         if red.stage1 is not None:
             check_stage1(red.stage1)
-        frames = self.config.num_frames if media == "video" else 1
+        frames = self.config.num_frames if media == "video" else self.max_crops
         red.validate(self.config.vision.num_patches, self.config.text.num_hidden_layers,
                      crops=frames)
 

@@ -48,7 +48,7 @@ def load_llava(path: str, dtype: str = "float32", *, compute_dtype: Optional[str
     cls = handle_class(path)
     extra = {}
     if clip_text_tower is not None:
-        if not cls.zoo_family:
+        if "cdpruner" not in cls.zoo_methods:
             raise ValueError(f"clip_text_tower={clip_text_tower} is read by LLaVA-1.5 only "
                              f"(CDPruner), not {cls.__name__}; leave it out")
         if not os.path.isdir(clip_text_tower):

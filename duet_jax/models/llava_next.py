@@ -33,6 +33,7 @@ from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
 from duet_jax.models.llava import PARAM_AXES as LLAVA_PARAM_AXES, Forward, ImageFeatures, LlavaModel
 from duet_jax.models.segments import Sequence, run_language_model
+from duet_jax.models.zoo import select_block
 from duet_jax.labels import IGNORE_INDEX
 
 
@@ -212,16 +213,23 @@ class LlavaNextModel(LlavaModel):
     def forward(self, params: dict, input_ids, pixel_values, attention_mask=None, labels=None,
                 reduction=None, images_in_every_sample: bool = True, *, train: bool = False,
                 prompt_lengths=None, salient_mask=None, segment_lengths=None,
-                return_kv: bool = False, splice_length: Optional[int] = None) -> Forward:
-        """As `LlavaModel.forward`; pixel_values is `NextImages` and every sample has an image."""
+                return_kv: bool = False, splice_length: Optional[int] = None,
+                zoo_inputs=None) -> Forward:
+        """As `LlavaModel.forward`; pixel_values is `NextImages` and every sample has an image.
+        A `select` section (DivPrune, random) picks rows of the whole image block
+        (`duet_jax.models.zoo.select_block`); `zoo_inputs`: none of those reads one."""
         if not images_in_every_sample or segment_lengths is not None:
             raise ValueError("LLaVA-NeXT batches need an image in every sample and host-default "
                              "segment lengths")
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
+        select = reduction.select if reduction is not None else None
         feats = self.image_features(params, pixel_values, stage1)
         n_ids = self.token_counts(pixel_values)
         n_feats = self.token_counts(pixel_values, reduction)
+        if select is not None:   # a zoo method over the whole block replaces Stage 1
+            feats = ImageFeatures(select_block(feats.tokens, n_ids, select), None)
+            n_feats = (feats.tokens.shape[1],) * len(n_ids)
         seq = self.splice_varlen(params, input_ids, feats.tokens, n_ids, n_feats, attention_mask,
                                  labels, prompt_lengths, salient_mask, splice_length)
         seq, segments, kept = run_language_model(

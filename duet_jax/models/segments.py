@@ -124,8 +124,13 @@ def dart_drop(text, params: dict, seq: Sequence, keys, *, n_prev: np.ndarray,
     order still hashes the original positions) and its valid length bounds the
     text pivots. Returns (new seq, keep [B, n_new] image indices)."""
     if not (np.all(n_prev == n_prev[0]) and np.all(n_new == n_new[0])):
-        raise ValueError("DART needs one image-token count for the whole batch")
+        raise ValueError(f"DART needs one image-token count for the whole batch (got "
+                         f"{sorted(set(n_prev.tolist()))}); batch images of one size together "
+                         "(eval.py run groups them by shape_key)")
     n, kept = int(n_prev[0]), int(n_new[0])
+    if kept > n:
+        raise ValueError(f"DART keeps {kept} image tokens (stage2.keep) but the image block has "
+                         f"{n}; use a smaller DART preset or a larger image")
     topk = dart_topk(kept)
     hidden = rms_norm(seq.hidden, params["norm"]["scale"], text.config.rms_norm_eps)
     hidden, keys = at_least_float32(hidden), at_least_float32(keys)

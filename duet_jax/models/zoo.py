@@ -34,6 +34,34 @@ def take_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, keep[:, :, None], axis=1)
 
 
+BLOCK_METHODS = ("divprune", "random")   # what `select_block` runs (NeXT, OneVision)
+
+
+def select_block(tokens: jax.Array, counts, select) -> jax.Array:
+    """DivPrune / random over each sample's whole image block (docs/BASELINES.md §9):
+    tokens [B, F, Dt] (the projector outputs and newline rows the LM would see),
+    counts: the block length of each sample (host ints, one value for the batch)
+    -> [B, K, Dt], the kept rows in the order the method returns them."""
+    if select.method not in BLOCK_METHODS:
+        raise ValueError(f"{select.method} runs on LLaVA-1.5 only; on an AnyRes image block "
+                         f"use one of {BLOCK_METHODS}")
+    if len(set(counts)) != 1:
+        raise ValueError(f"{select.method} needs one image-block length for the whole batch (got "
+                         f"{sorted(set(counts))}); batch images of one size together (eval.py "
+                         "run groups them by shape_key)")
+    n = int(counts[0])
+    k = select.count(n)
+    if not 1 <= k <= n:
+        raise ValueError(f"{select.method} keeps {k} image tokens but the image block has {n}; "
+                         "use a smaller budget or a larger image")
+    block = tokens[:, :n]
+    if select.method == "divprune":
+        keep = divprune_select(_wide(block), k)["keep"]
+    else:                     # random: sample b depends on (seed, b) only
+        keep = random_select(jax.random.key(select.seed), block.shape[0], k, n)["keep"]
+    return take_rows(block, keep)
+
+
 def select_image_tokens(model, params: dict, pixel_values: jax.Array, select,
                         zoo_inputs=None) -> tuple:
     """pixel_values [B, 3, H, W] -> (tokens [B, K, Dt], positions [B, K] or None).

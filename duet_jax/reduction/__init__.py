@@ -25,8 +25,8 @@ from .dart import dart_kept_count, dart_select, dart_token_topk, pyset_order  # 
 from .divprune import divprune_budget, divprune_select  # noqa: E402
 from .vispruner import vispruner_counts, vispruner_schedule, vispruner_select  # noqa: E402
 from .vscan import SHALLOW_LAYER, vscan_counts, vscan_select, vscan_stage1  # noqa: E402
-from .zoo_config import (DART_PIVOTS, METHOD_NEEDS, SELECT_METHODS, SelectConfig,  # noqa: E402
-                         dart_topk)
+from .zoo_config import (DART_PIVOTS, METHOD_NEEDS, SELECT_METHODS, ZOO_METHODS,  # noqa: E402
+                         SelectConfig, dart_topk, zoo_method)
 
 __all__ = [
     "vision_merge", "vision_merge_size", "MergeResult",
@@ -43,4 +43,5 @@ __all__ = [
     "cdpruner_select", "cdpruner_relevance", "vscan_stage1", "vscan_counts",
     "random_select", "pool_tokens", "pool_side", "pool_bins", "vscan_select", "SHALLOW_LAYER",
     "SelectConfig", "SELECT_METHODS", "at_least_float32", "METHOD_NEEDS", "DART_PIVOTS", "dart_topk",
+    "ZOO_METHODS", "zoo_method",
 ]

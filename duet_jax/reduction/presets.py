@@ -148,8 +148,8 @@ class ReductionConfig:
 
     def image_tokens(self, num_patches: int, crops: int = 1) -> int:
         """``n_0``: image tokens entering the LM for ``crops`` crops/frames."""
-        if self.select is not None:
-            return crops * self.select.output_size(num_patches)
+        if self.select is not None:   # one selection over the whole block of crops
+            return self.select.output_size(crops * num_patches)
         per_crop = self.stage1.output_size(num_patches) if self.stage1 else num_patches
         return crops * per_crop
 
@@ -167,7 +167,7 @@ class ReductionConfig:
         """
         s1, s2 = self.stage1, self.stage2
         if self.select is not None:
-            self.select.check(self.name, num_patches, inputs)
+            self.select.check(self.name, crops * num_patches, inputs)
         if s1 is not None and s1.cls_token:
             if s1.dominant > num_patches:
                 raise ValueError(f"{self.name}: dominant={s1.dominant} exceeds the "
@@ -314,6 +314,13 @@ QWEN_DUET = {"640": (870, 153), "320": (517, 91), "160": (207, 36), "640-scripts
 ZOO_SELECT = ("divprune", "vispruner", "cdpruner", "random", "pool")
 VSCAN_BUDGETS = {192: (288, 96), 128: (192, 64), 64: (96, 32)}
 DART_LAYER = 2
+# DART on LLaVA-NeXT / OneVision (docs/BASELINES.md §9): the same layer and pivots over the
+# whole image block, keep 4 + 8 * (budget // 8) at the family's duet budgets (the DART
+# paper keeps 320 of NeXT's 2880, 11.1%); a 2x2 grid (5 crops) for the accounting.
+NEXT_DART = (640, 320, 160)
+OV_DART = (810, 403, 203)
+# DivPrune and random over the whole NeXT / OneVision image block, at the same budgets
+BLOCK_SELECT = ("divprune", "random")
 
 
 def _build_presets():
@@ -363,6 +370,15 @@ def _build_presets():
         add(f"llava15-vscan-{budget}", None,
             Stage2Config((16,), (), queries="last", keep=(keep,)), budget,
             select=SelectConfig("vscan", t))
+    for family, budgets, patches, layers in (("llavanext", NEXT_DART, 576, 32),
+                                             ("llavaov", OV_DART, 729, 28)):
+        for budget in budgets:
+            for method in BLOCK_SELECT:
+                add(f"{family}-{method}-{budget}", None, None, budget, patches, layers, 5,
+                    select=SelectConfig(method, budget))
+            add(f"{family}-dart-{budget}", None,
+                Stage2Config((DART_LAYER,), (), positions="keep", method="dart",
+                             keep=(dart_kept_count(*DART_PIVOTS, budget // sum(DART_PIVOTS)),)))
     return presets, targets
 
 

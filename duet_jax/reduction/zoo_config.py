@@ -19,6 +19,15 @@ from .vispruner import vispruner_schedule
 from .vscan import vscan_counts
 
 SELECT_METHODS = ("divprune", "vispruner", "cdpruner", "vscan", "random", "pool")
+ZOO_METHODS = ("dart", *SELECT_METHODS)   # what a handle's `zoo_methods` names
+
+
+def zoo_method(red) -> Optional[str]:
+    """The zoo method a ReductionConfig runs (its select method, or "dart"), else None."""
+    if red.select is not None:
+        return red.select.method
+    return "dart" if red.stage2 is not None and red.stage2.method == "dart" else None
+
 # model inputs a method reads beyond the LLaVA checkpoint's own modules
 METHOD_NEEDS = {"cdpruner": ("clip_text_tower",)}
 INPUT_HINTS = {"clip_text_tower": "the CLIP text tower and visual projection (text_embeds of the "

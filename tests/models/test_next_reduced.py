@@ -15,6 +15,7 @@ from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
 from tests.helpers.tiny_hf import jax_params
 from tests.helpers.tiny_next import SIZES, hf_image_token_counts, next_batch, tiny_llava_next
 from tests.models.test_reduced_forward import reference_language_model
+from tests.models.test_zoo_forward import dart_reference
 from tests.reduction import oracle
 
 REDUCTIONS = {
@@ -77,6 +78,8 @@ def _reference(hf, model, params, ids, feats, length, prompt_len, red, salient):
     h = np.concatenate([emb[:start], feats, emb[start + n_ids:]])
     salient = np.concatenate([salient[:start], np.zeros(len(feats), bool),
                               salient[start + n_ids:length]])
+    if red.stage2 is not None and red.stage2.method == "dart":
+        return dart_reference(hf, model, params, h, start, len(feats), red.stage2)
     prompt_len -= n_ids - len(feats)
     return reference_language_model(hf, model, params, h, start, len(feats), prompt_len, red,
                                     salient)

@@ -10,6 +10,8 @@ import pytest
 
 from duet_jax.api.base import Handle
 from duet_jax.api.llava import Llava
+from duet_jax.api.llava_next import LlavaNext
+from duet_jax.api.llava_onevision import LlavaOnevision
 from duet_jax.reduction import (PRESETS, SelectConfig, Stage2Config, average_visual_tokens,
                                 from_dict, get_preset)
 
@@ -49,6 +51,51 @@ def test_every_zoo_preset_exists_with_its_real_counts(method, budget):
     assert from_dict(config.to_dict()) == config
     if method != "cdpruner":
         llava_handle().reduction(config.name)
+
+
+# LLaVA-NeXT (576 patches, 32 layers) and OneVision-7B (729, 28), a 2x2 grid (5 crops):
+# name: (kept from layer 2, per-layer average) as docs/BASELINES.md §9 prints them
+FAMILY_DART = {"llavanext-dart-640": (644, 783.75), "llavanext-dart-320": (324, 483.75),
+               "llavanext-dart-160": (164, 333.75), "llavaov-dart-810": (812, 28402 / 28),
+               "llavaov-dart-403": (404, 635.5), "llavaov-dart-203": (204, 12594 / 28)}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_DART))
+def test_next_and_onevision_dart_presets_keep_their_stated_counts(name):
+    kept, average = FAMILY_DART[name]
+    patches, layers = (729, 28) if name.startswith("llavaov") else (576, 32)
+    config = get_preset(name)
+    assert config.select is None and config.stage2.method == "dart"
+    assert config.stage2.layers == (2,) and config.stage2.positions == "keep"
+    assert config.image_counts(5 * patches) == [5 * patches, kept]
+    assert average_visual_tokens(config, patches, layers, crops=5) == pytest.approx(average)
+    assert from_dict(config.to_dict()) == config
+    side = 384 if name.startswith("llavaov") else 336
+    cls = LlavaOnevision if name.startswith("llavaov") else LlavaNext
+    pins = ((side, side), (2 * side, 2 * side))
+    handle = cls(SimpleNamespace(vision=SimpleNamespace(num_patches=patches, image_size=side),
+                                 text=SimpleNamespace(num_hidden_layers=layers),
+                                 image_grid_pinpoints=pins, num_frames=8), None, None)
+    assert handle.reduction(name) is config
+    with pytest.raises(ValueError, match=rf"^llava15-pool-64: pool is not wired into "
+                                         rf"{cls.__name__} \(its zoo methods: dart, divprune, "
+                                         rf"random\)"):
+        handle.reduction("llava15-pool-64")
+
+
+@pytest.mark.parametrize("family,budgets,patches,layers", [
+    ("llavanext", (640, 320, 160), 576, 32), ("llavaov", (810, 403, 203), 729, 28)])
+@pytest.mark.parametrize("method", ["divprune", "random"])
+def test_next_and_onevision_block_selection_presets_keep_their_budget(family, budgets, patches,
+                                                                      layers, method):
+    for budget in budgets:
+        config = get_preset(f"{family}-{method}-{budget}")
+        assert config.stage1 is None and config.stage2 is None
+        assert config.select == SelectConfig(method, budget)
+        # one selection over the whole 2x2-grid block, so the average is the budget itself
+        assert config.image_tokens(patches, crops=5) == budget
+        assert average_visual_tokens(config, patches, layers, crops=5) == budget
+        config.validate(patches, layers, crops=5)
 
 
 @pytest.mark.parametrize("budget", [192, 128, 64])
@@ -104,7 +151,7 @@ def test_other_families_refuse_zoo_presets(name):
     class OtherFamily(Handle):
         def check_reduction(self, red, media):
             raise AssertionError("the zoo check comes first")
-    with pytest.raises(ValueError, match=f"^{name}: .* LLaVA-1.5 only, not OtherFamily"):
+    with pytest.raises(ValueError, match=f"^{name}: .* not wired into OtherFamily \\(its zoo methods: none\\)"):
         OtherFamily(None, None, None).reduction(name)
 
 
@@ -116,4 +163,10 @@ def test_select_config_sizes():
         SelectConfig("random", 64, ratio=0.5)
     with pytest.raises(ValueError, match="drops once"):
         Stage2Config((2, 8), (), positions="keep", method="dart", keep=(68, 20))
-    assert sum(1 for n in PRESETS if n.split("-")[1] in METHODS) == 21
+    zoo = [n for n in PRESETS if n.split("-")[1] in METHODS]
+    assert sum(1 for n in zoo if n.startswith("llava15-")) == 21
+    blocks = [f"{family}-{m}-{b}" for family, budgets in (("llavanext", (640, 320, 160)),
+                                                          ("llavaov", (810, 403, 203)))
+              for m in ("divprune", "random") for b in budgets]
+    assert sorted(n for n in zoo if not n.startswith("llava15-")) == sorted([*FAMILY_DART,
+                                                                             *blocks])
