@@ -35,6 +35,10 @@ def test_layout_and_every_llava15_preset_fits(tiny):
     presets = [name for name in PRESETS if name.startswith("llava15-")]
     assert len(presets) >= 12
     for name in presets:
+        if "cdpruner" in name:   # needs a CLIP text tower, which the tiny checkpoint lacks
+            with pytest.raises(ValueError, match="--clip-text-tower DIR"):
+                model.reduction(name)
+            continue
         assert model.reduction(name) is not None, name
     tok = model.tokenizer
     assert tok.convert_tokens_to_ids("<image>") == model.config.image_token_index
