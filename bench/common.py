@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: the LLaVA-shaped config, timing, JSON output."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -11,6 +12,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from duet_jax.generation.decode import last_token_logits
+
+@functools.partial(jax.jit, static_argnames=("module", "reduction"))
+def jax_prefill(module, params, ids, media, mask, reduction):
+    """One family's (reduced) prefill, as the decoder's first step computes it: logits
+    [B, 1, V] of each sample's last valid token. `media`: that family's pixels or images."""
+    seq = module.forward(params, ids, media, mask, reduction=reduction).sequence
+    return last_token_logits(module.text, params["text"], seq.hidden, seq.valid)[:, None]
+
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -17,7 +17,6 @@ the zoo rows were run as --name prefill_zoo --no-torch).
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from bench.common import (hf_and_jax_llava, llava_shaped_hf_config, load_note,
+from bench.common import (hf_and_jax_llava, jax_prefill, llava_shaped_hf_config, load_note,
                           matmul_peak_gflops, print_table, prompt_batch, roofline, roofline_cells,
                           time_round_robin, write_json)
 from bench.flops import prefill_flops
@@ -51,16 +50,6 @@ def is_zoo(red) -> bool:
     """A zoo preset (a select section or DART), which the PyTorch peer does not run."""
     return red is not None and (red.select is not None or
                                 (red.stage2 is not None and red.stage2.method == "dart"))
-
-
-@functools.partial(jax.jit, static_argnames=("module", "reduction"))
-def jax_prefill(module, params, ids, pixels, mask, reduction):
-    fwd = module.forward(params, ids, pixels, mask, reduction=reduction)
-    seq = fwd.sequence
-    last = seq.valid.sum(1) - 1
-    h = jnp.take_along_axis(seq.hidden, last[:, None, None], axis=1)
-    return module.text.head(params["text"], h)
-
 
 
 def main():

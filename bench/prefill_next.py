@@ -16,7 +16,6 @@ Writes bench/results/prefill_next_b{batch}.json.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import print_table, time_round_robin, write_json
+from bench.common import jax_prefill, print_table, time_round_robin, write_json
 from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
@@ -37,13 +36,6 @@ from duet_jax.reduction import average_visual_tokens, get_preset
 
 PRESETS = ["llavanext-duet-640", "llavanext-duet-320", "llavanext-duet-160"]
 IMAGE_AT, IMAGE_SIZE = 5, (672, 672)        # (H, W) original: the 2x2 grid
-
-
-@functools.partial(jax.jit, static_argnames=("module", "reduction"))
-def jax_prefill(module, params, ids, images, mask, reduction):
-    seq = module.forward(params, ids, images, mask, reduction=reduction).sequence
-    h = jnp.take_along_axis(seq.hidden, (seq.valid.sum(1) - 1)[:, None, None], axis=1)
-    return module.text.head(params["text"], h)
 
 
 def next_prefill_flops(cfg: LlavaNextConfig, size, text_tokens: int, reduction=None) -> float:

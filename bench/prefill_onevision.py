@@ -20,7 +20,6 @@ Writes bench/results/prefill_onevision_b{batch}.json.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -30,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import print_table, time_round_robin, write_json
+from bench.common import jax_prefill, print_table, time_round_robin, write_json
 from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models import onevision_layout as layout
@@ -43,13 +42,6 @@ from duet_jax.reduction import average_visual_tokens, get_preset
 
 PRESETS = ["llavaov-duet-810", "llavaov-duet-403", "llavaov-duet-203"]
 IMAGE_AT, IMAGE_SIZE, CROP = 5, (768, 768), 384
-
-
-@functools.partial(jax.jit, static_argnames=("module", "reduction"))
-def jax_prefill(module, params, ids, images, mask, reduction):
-    seq = module.forward(params, ids, images, mask, reduction=reduction).sequence
-    h = jnp.take_along_axis(seq.hidden, (seq.valid.sum(1) - 1)[:, None, None], axis=1)
-    return module.text.head(params["text"], h)
 
 
 def onevision_prefill_flops(cfg: OnevisionConfig, size, text_tokens: int, reduction=None) -> float:

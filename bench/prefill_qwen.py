@@ -27,6 +27,7 @@ import numpy as np
 
 from bench.common import print_table, time_round_robin, write_json
 from bench.flops import lm_flops
+from duet_jax.generation.decode import last_token_logits
 from duet_jax.checkpoints.qwen25vl import load_qwen_params
 from duet_jax.models.qwen25vl import Qwen25VLModel, rope_index
 from duet_jax.models.qwen25vl_reduced import reduced_forward
@@ -90,9 +91,7 @@ def prefill_flops(cfg, grid, text_tokens: int, reduction=None) -> dict:
 @functools.partial(jax.jit, static_argnames=("module", "grids", "reduction"))
 def prefill(module, params, ids, pixels, grids, positions, reduction):
     fwd = reduced_forward(module, params, ids, pixels, grids, positions, None, reduction)
-    last = fwd.valid.sum(1) - 1
-    h = jnp.take_along_axis(fwd.hidden, last[:, None, None], axis=1)
-    return module.text.head(params["text"], h)
+    return last_token_logits(module.text, params["text"], fwd.hidden, fwd.valid)[:, None]
 
 
 def main():

@@ -13,7 +13,6 @@ Prints a table and writes bench/results/prefill_video.json (tiny runs with --out
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from bench.common import print_table, time_round_robin, write_json
+from bench.common import jax_prefill, print_table, time_round_robin, write_json
 from bench.flops import prefill_flops
 from duet_jax.checkpoints.load import load_params
 from duet_jax.models.video_llava import VideoLlavaModel, unstack_video_params, view_params
@@ -49,14 +48,6 @@ def video_llava_shaped_hf_config(width_v=256, width_t=512, vocab=32064, image_si
     return VideoLlavaConfig(vision_config=vc, text_config=tc, image_token_index=vocab - 2,
                             video_token_index=vocab - 1, image_seq_length=n,
                             video_seq_length=frames * (n + 1))
-
-
-@functools.partial(jax.jit, static_argnames=("module", "reduction"))
-def jax_prefill(module, params, ids, pixels, mask, reduction):
-    seq = module.forward(params, ids, pixels, mask, reduction=reduction).sequence
-    last = seq.valid.sum(1) - 1
-    h = jnp.take_along_axis(seq.hidden, last[:, None, None], axis=1)
-    return module.text.head(params["text"], h)
 
 
 def main():
