@@ -23,6 +23,26 @@ def jax_prefill(module, params, ids, media, mask, reduction):
     return last_token_logits(module.text, params["text"], seq.hidden, seq.valid)[:, None]
 
 
+def family_arguments(description: str, presets, *, tower: str, vision_layers: int,
+                     text_layers: int, width_t_multiple: int = 64):
+    """The argument parser the family prefill benches share: batch, text tokens, repeats,
+    presets, the reduced widths and depths of their LLaVA-shaped model."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--text-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--presets", nargs="*", default=presets)
+    ap.add_argument("--width-v", type=int, default=256, help=f"{tower} width (multiple of 64)")
+    ap.add_argument("--width-t", type=int, default=512,
+                    help=f"LLM width (multiple of {width_t_multiple})")
+    ap.add_argument("--vision-layers", type=int, default=vision_layers)
+    ap.add_argument("--text-layers", type=int, default=text_layers)
+    ap.add_argument("--vocab", type=int, default=32064)
+    return ap
+
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -15,7 +15,6 @@ Writes bench/results/prefill_next_b{batch}.json.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -25,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import jax_prefill, print_table, time_round_robin, write_json
+from bench.common import (family_arguments, jax_prefill, print_table, time_round_robin,
+                          write_json)
 from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
@@ -58,16 +58,8 @@ def next_prefill_flops(cfg: LlavaNextConfig, size, text_tokens: int, reduction=N
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--text-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--presets", nargs="*", default=PRESETS)
-    ap.add_argument("--width-v", type=int, default=256, help="CLIP width (multiple of 64)")
-    ap.add_argument("--width-t", type=int, default=512, help="LLM width (multiple of 64)")
-    ap.add_argument("--vision-layers", type=int, default=24)
-    ap.add_argument("--text-layers", type=int, default=32)
-    ap.add_argument("--vocab", type=int, default=32064)
+    ap = family_arguments(__doc__.splitlines()[0], PRESETS, tower="CLIP", vision_layers=24,
+                          text_layers=32)
     args = ap.parse_args()
     cfg = LlavaNextConfig(
         vision=VisionConfig(hidden_size=args.width_v, intermediate_size=4 * args.width_v,

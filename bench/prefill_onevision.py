@@ -19,7 +19,6 @@ Writes bench/results/prefill_onevision_b{batch}.json.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -29,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import jax_prefill, print_table, time_round_robin, write_json
+from bench.common import (family_arguments, jax_prefill, print_table, time_round_robin,
+                          write_json)
 from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models import onevision_layout as layout
@@ -82,16 +82,8 @@ def torch_peer(cfg: OnevisionConfig, ids, pixels, sizes):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--text-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--presets", nargs="*", default=PRESETS)
-    ap.add_argument("--width-v", type=int, default=256, help="SigLIP width (multiple of 64)")
-    ap.add_argument("--width-t", type=int, default=512, help="LLM width (multiple of 128)")
-    ap.add_argument("--vision-layers", type=int, default=26)
-    ap.add_argument("--text-layers", type=int, default=28)
-    ap.add_argument("--vocab", type=int, default=32064)
+    ap = family_arguments(__doc__.splitlines()[0], PRESETS, tower="SigLIP", vision_layers=26,
+                          text_layers=28, width_t_multiple=128)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     args = ap.parse_args()
     heads = args.width_t // 64
