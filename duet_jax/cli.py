@@ -55,6 +55,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("absl", "orbax", "tensorstore", "jax._src.xla_bridge"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # orbax's serialization tasks that failed with the save are garbage-collected later and
+    # asyncio logs each as "Task exception was never retrieved": the error is already ours.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         from absl import logging as absl_logging
 
