@@ -43,6 +43,44 @@ def family_arguments(description: str, presets, *, tower: str, vision_layers: in
     return ap
 
 
+def anyres_prompts(module, num_image_tokens: int, image_size, crop: int, batch: int,
+                   text_tokens: int, image_at: int, seed: int = 0):
+    """An AnyRes family's bench batch: ids [B, n + text] (random text ids below the
+    config's special ids, the `n` image ids at `image_at`), an all-ones mask, and
+    `NextImages` of random pixels [B, crops, 3, crop, crop] at original size `image_size`.
+    Returns (ids, mask, pixels, images) after the module's own input check."""
+    from duet_jax.models import anyres
+    from duet_jax.models.llava_next import NextImages
+
+    cfg = module.config
+    g = np.random.default_rng(seed)
+    ids = g.integers(3, cfg.text.vocab_size - 3, (batch, num_image_tokens + text_tokens))
+    ids = ids.astype(np.int32)
+    ids[:, image_at:image_at + num_image_tokens] = cfg.image_token_index
+    crops = anyres.num_crops(cfg, image_size)
+    pixels = g.standard_normal((batch, crops, 3, crop, crop), np.float32)
+    images = NextImages(jnp.asarray(pixels), [image_size] * batch)
+    module.check_inputs(ids, images)
+    return jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32), pixels, images
+
+
+def speedup_rows(names, settings: dict, times: dict, flops_of, avg_of):
+    """Per setting `name` (in `names`; `settings[name]` its reduction, None unreduced):
+    median seconds, speedup over "none", FLOP bound (flops_of(None) / flops_of(red)) and
+    the fraction of it reached. Returns (results {name: entry}, table rows)."""
+    base = flops_of(None)
+    results, rows = {}, []
+    for name in names:
+        red = settings.get(name)
+        bound, avg = base / flops_of(red), avg_of(red)
+        speedup = times["none"] / times[name]
+        results[name] = {"avg_tokens": avg, "flop_bound": bound, "seconds": times[name],
+                         "speedup": speedup, "fraction_of_bound": speedup / bound}
+        rows.append([name, f"{avg:.2f}", f"{bound:.2f}", f"{times[name] * 1e3:.0f}",
+                     f"{speedup:.2f}", f"{speedup / bound:.2f}"])
+    return results, rows
+
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -25,17 +25,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from bench.common import (family_arguments, jax_prefill, print_table, time_round_robin,
-                          write_json)
+from bench.common import (anyres_prompts, family_arguments, jax_prefill, print_table,
+                          speedup_rows, time_round_robin, write_json)
 from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models import onevision_layout as layout
 from duet_jax.models.config import TextConfig, VisionConfig
 from duet_jax.models.llava import unstack_params
-from duet_jax.models.llava_next import NextImages
 from duet_jax.models.onevision import OnevisionModel
 from duet_jax.models.onevision_layout import OnevisionConfig
 from duet_jax.reduction import average_visual_tokens, get_preset
@@ -103,37 +101,24 @@ def main():
     module = OnevisionModel(cfg)
     params = unstack_params(module.init(jax.random.key(0)))
     b, n = args.batch, layout.num_image_tokens(cfg, IMAGE_SIZE)
-    g = np.random.default_rng(0)
-    ids = g.integers(3, args.vocab - 3, (b, n + args.text_tokens)).astype(np.int32)
-    ids[:, IMAGE_AT:IMAGE_AT + n] = cfg.image_token_index
-    mask = jnp.ones(ids.shape, jnp.int32)
     crops = anyres.num_crops(cfg, IMAGE_SIZE)
-    pixels = g.standard_normal((b, crops, 3, CROP, CROP), np.float32)
-    images = NextImages(jnp.asarray(pixels), [IMAGE_SIZE] * b)
-    module.check_inputs(ids, images)
+    jids, mask, pixels, images = anyres_prompts(module, n, IMAGE_SIZE, CROP, b,
+                                                args.text_tokens, IMAGE_AT)
     settings = {"none": None, **{name: get_preset(name) for name in args.presets}}
     for red in settings.values():
         if red is not None:
             red.validate(cfg.vision.num_patches, cfg.text.num_hidden_layers, crops=crops)
-    jids = jnp.asarray(ids)
     fns = {name: (lambda red=red: jax_prefill(module, params, jids, images, mask,
                                               red).block_until_ready())
            for name, red in settings.items()}
     if not args.no_torch:
-        fns["torch (HF, unreduced)"] = torch_peer(cfg, ids, pixels, [IMAGE_SIZE] * b)
+        fns["torch (HF, unreduced)"] = torch_peer(cfg, jids, pixels, [IMAGE_SIZE] * b)
     times = time_round_robin(fns, repeats=args.repeats)
-    base = onevision_prefill_flops(cfg, IMAGE_SIZE, args.text_tokens)
-    results, rows = {"gflops_unreduced": base / 1e9, "image_tokens_unreduced": n}, []
-    for name in fns:
-        red = settings.get(name)
-        bound = base / onevision_prefill_flops(cfg, IMAGE_SIZE, args.text_tokens, red)
-        avg = n if red is None else average_visual_tokens(red, cfg.vision.num_patches,
-                                                          cfg.text.num_hidden_layers, crops)
-        speedup = times["none"] / times[name]
-        results[name] = {"avg_tokens": avg, "flop_bound": bound, "seconds": times[name],
-                         "speedup": speedup, "fraction_of_bound": speedup / bound}
-        rows.append([name, f"{avg:.2f}", f"{bound:.2f}", f"{times[name] * 1e3:.0f}",
-                     f"{speedup:.2f}", f"{speedup / bound:.2f}"])
+    flops_of = lambda red: onevision_prefill_flops(cfg, IMAGE_SIZE, args.text_tokens, red)
+    avg_of = lambda red: n if red is None else average_visual_tokens(
+        red, cfg.vision.num_patches, cfg.text.num_hidden_layers, crops)
+    results, rows = speedup_rows(fns, settings, times, flops_of, avg_of)
+    results.update(gflops_unreduced=flops_of(None) / 1e9, image_tokens_unreduced=n)
     print(f"LLaVA-OneVision prefill, batch {b}, {crops} crops ({n} HF image tokens), "
           f"{args.text_tokens} text tokens, {args.vision_layers} SigLIP / {args.text_layers} LM "
           f"layers, widths {args.width_v}/{args.width_t}, {jax.default_backend()}")

@@ -2,7 +2,6 @@
 decode equal to a no-cache reference that reruns the reduced forward each step."""
 import numpy as np
 import pytest
-import torch
 import jax
 import jax.numpy as jnp
 
@@ -11,7 +10,7 @@ from duet_jax.generation.sampling import sample_token
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
 from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
-from tests.helpers.tiny_hf import jax_params, tiny_llava, llava_batch
+from tests.helpers.tiny_hf import hf_greedy_per_sample, jax_params, llava_batch, tiny_llava
 
 EOS = 2
 NEW = 6
@@ -27,15 +26,8 @@ def test_greedy_matches_hf_generate_batched_with_padding():
     ids, mask, pixels = llava_batch(hf.config, text_lengths=(12, 7, 9), seed=1)
     ours = generate_tokens(LlavaModel(cfg), params, ids, pixels, mask, max_new_tokens=NEW,
                            eos_id=-1)
-    for b in range(len(ids)):   # HF batches need left padding; run each prompt unpadded
-        n = int(mask[b].sum())
-        with torch.no_grad():
-            ref = hf.generate(input_ids=torch.tensor(ids[b:b + 1, :n]),
-                              pixel_values=torch.tensor(pixels[b:b + 1]),
-                              attention_mask=torch.ones(1, n, dtype=torch.long),
-                              max_new_tokens=NEW, do_sample=False, eos_token_id=None,
-                              pad_token_id=0)
-        np.testing.assert_array_equal(np.asarray(ours.tokens[b]), ref[0, n:].numpy())
+    ref = hf_greedy_per_sample(hf, ids, mask, NEW, pixel_values=pixels)
+    np.testing.assert_array_equal(np.asarray(ours.tokens), ref)
 
 
 def _no_cache_greedy(model, params, ids, mask, pixels, red, steps, salient):

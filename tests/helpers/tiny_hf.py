@@ -28,14 +28,52 @@ def tiny_llava_config(*, image_size=56, patch_size=14, kv_heads=2, select="defau
                          tie_word_embeddings=tie)
 
 
-def tiny_llava(seed=0, **kw) -> LlavaForConditionalGeneration:
+def perturbed(model_class, config, seed: int = 0, scale: float = 0.05):
+    """`model_class` built from `config` (eager attention, seeded), every parameter moved
+    by `scale` * N(0, 1): default init leaves biases 0 and norms 1, so make every value
+    matter. In eval mode."""
     torch.manual_seed(seed)
-    cfg = tiny_llava_config(**kw)
-    model = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="eager")
-    with torch.no_grad():   # default init leaves biases 0 and norms 1: make every value matter
+    model = model_class._from_config(config, attn_implementation="eager")
+    with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
     return model.eval()
+
+
+def checkpoint_init(model, init_std: float) -> None:
+    """Weights of a tiny *checkpoint* (a model that must generate sane text): norm scales
+    near 1 so activations keep their scale through the stack, matrices N(0, init_std /
+    sqrt(fan_in)), vectors N(0, 0.02). Draws from torch's global seed."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, init_std / max(1.0, p.shape[-1] ** 0.5) if p.ndim > 1
+                          else 0.02)
+
+
+def tiny_llava(seed=0, **kw) -> LlavaForConditionalGeneration:
+    return perturbed(LlavaForConditionalGeneration, tiny_llava_config(**kw), seed)
+
+
+def hf_greedy_per_sample(hf, ids, mask, max_new_tokens: int, **media) -> np.ndarray:
+    """HF `generate`, greedy, `max_new_tokens` (EOS neither stops nor is suppressed, as
+    our decode with eos_id=-1), run on each
+    right-padded sample of ids/mask [B, L] alone (HF batches need left padding), with
+    sample b's slice [b:b+1] of every `media` array (pixel_values, image_sizes, ...).
+    Returns the new tokens [B, max_new_tokens]."""
+    out = []
+    for b in range(len(ids)):
+        n = int(mask[b].sum())
+        with torch.no_grad():
+            ref = hf.generate(input_ids=torch.tensor(ids[b:b + 1, :n]),
+                              attention_mask=torch.ones(1, n, dtype=torch.long),
+                              **{k: torch.tensor(np.asarray(v)[b:b + 1]) for k, v in media.items()},
+                              max_new_tokens=max_new_tokens, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)
+        out.append(ref[0, n:].numpy())
+    return np.stack(out)
 
 
 def jax_params(hf: LlavaForConditionalGeneration):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tests.helpers.tiny_hf import IMAGE_TOKEN
+from tests.helpers.tiny_hf import IMAGE_TOKEN, perturbed
 
 PINPOINTS = [[56, 112], [112, 56], [112, 112], [56, 168]]
 # (H, W) originals: wide 1x3 unpadded rows, square 2x2, tall 2x1 unpadded cols, 1x2 exact
@@ -33,13 +33,7 @@ def tiny_next_config(*, image_size=56, patch_size=14, kv_heads=2, text_layers=2,
 
 def tiny_llava_next(seed=0, scale=0.05, **kw):
     from transformers import LlavaNextForConditionalGeneration
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration._from_config(tiny_next_config(**kw),
-                                                            attn_implementation="eager")
-    with torch.no_grad():   # default init leaves biases 0 and norms 1: make every value matter
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return model.eval()
+    return perturbed(LlavaNextForConditionalGeneration, tiny_next_config(**kw), seed, scale)
 
 
 def next_processor(hf_config):
@@ -70,15 +64,22 @@ def next_batch(hf, sizes, text_lengths, image_at=3, seed=0):
     enc = proc(random_images(sizes, seed), return_tensors="np")
     pixels, image_sizes = enc["pixel_values"].astype(np.float32), enc["image_sizes"]
     counts, _ = hf_image_token_counts(hf, pixels, image_sizes)
+    ids, mask = block_batch(counts, text_lengths, IMAGE_TOKEN, image_at, seed)
+    return ids, mask, pixels, image_sizes
+
+
+def block_batch(counts, text_lengths, token, image_at=3, seed=0):
+    """Right-padded ids [B, L] + mask: `image_at` text ids, a block of `counts[b]` `token`
+    ids, then the rest of sample b's `text_lengths[b]` text ids."""
     g = np.random.default_rng(seed)
     lengths = [n + t for n, t in zip(counts, text_lengths)]
-    ids = np.zeros((len(sizes), max(lengths)), np.int64)
+    ids = np.zeros((len(counts), max(lengths)), np.int64)
     mask = np.zeros_like(ids)
     for b, (n, ln) in enumerate(zip(counts, lengths)):
         ids[b, :ln] = g.integers(3, 100, size=ln)
-        ids[b, image_at:image_at + n] = IMAGE_TOKEN
+        ids[b, image_at:image_at + n] = token
         mask[b, :ln] = 1
-    return ids, mask, pixels, image_sizes
+    return ids, mask
 
 
 def build_tiny_next_checkpoint(directory: str, seed: int = 0) -> str:
@@ -95,12 +96,7 @@ def build_tiny_next_checkpoint(directory: str, seed: int = 0) -> str:
     cfg = tiny_next_config(vocab=VOCAB_SIZE, text_layers=2)
     cfg.image_token_index = IMAGE_TOKEN_ID
     cfg.text_config.pad_token_id = PAD_TOKEN_ID
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration._from_config(cfg, attn_implementation="eager")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    model.eval().save_pretrained(directory)
+    perturbed(LlavaNextForConditionalGeneration, cfg, seed, scale=0.3).save_pretrained(directory)
     from transformers import AutoTokenizer, LlavaNextProcessor
     # the llava-hf processor_config.json fields (CLS counted, then removed by "default")
     LlavaNextProcessor(next_processor(cfg), AutoTokenizer.from_pretrained(directory),

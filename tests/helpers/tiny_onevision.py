@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tests.helpers.tiny_next import random_images
+from tests.helpers.tiny_hf import perturbed
+from tests.helpers.tiny_next import block_batch, random_images
 
 IMAGE_TOKEN, VIDEO_TOKEN = 120, 121
 PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112], [56, 168]]
@@ -36,13 +37,8 @@ def tiny_onevision_config(*, aspect="anyres_max_2", kv_heads=2, text_layers=2, v
 
 def tiny_onevision(seed=0, scale=0.05, **kw):
     from transformers import LlavaOnevisionForConditionalGeneration
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration._from_config(tiny_onevision_config(**kw),
-                                                                 attn_implementation="eager")
-    with torch.no_grad():   # default init leaves biases 0 and norms 1: make every value matter
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return model.eval()
+    return perturbed(LlavaOnevisionForConditionalGeneration, tiny_onevision_config(**kw), seed,
+                     scale)
 
 
 def onevision_processor(hf_config):
@@ -66,19 +62,6 @@ def hf_block_features(hf, pixels, image_sizes=None):
             return list(out)
         out = hf.model.get_image_features(torch.tensor(pixels), torch.tensor(image_sizes))
     return list(out.pooler_output)
-
-
-def block_batch(counts, text_lengths, token, image_at=3, seed=0):
-    """Right-padded ids [B, L] + mask: `image_at` text ids, the block, then the rest."""
-    g = np.random.default_rng(seed)
-    lengths = [n + t for n, t in zip(counts, text_lengths)]
-    ids = np.zeros((len(counts), max(lengths)), np.int64)
-    mask = np.zeros_like(ids)
-    for b, (n, ln) in enumerate(zip(counts, lengths)):
-        ids[b, :ln] = g.integers(3, 100, size=ln)
-        ids[b, image_at:image_at + n] = token
-        mask[b, :ln] = 1
-    return ids, mask
 
 
 def random_videos(batch, frames, seed=0):
@@ -106,11 +89,6 @@ def build_tiny_onevision_checkpoint(directory: str, seed: int = 0, aspect: str =
     cfg = tiny_onevision_config(vocab=VOCAB_SIZE + 1, aspect=aspect)
     cfg.image_token_index, cfg.video_token_index = IMAGE_TOKEN_ID, video_id
     cfg.text_config.pad_token_id, cfg.text_config.eos_token_id = PAD_TOKEN_ID, 2
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration._from_config(cfg, attn_implementation="eager")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    model.eval().save_pretrained(directory)
+    perturbed(LlavaOnevisionForConditionalGeneration, cfg, seed, scale=0.3).save_pretrained(directory)
     onevision_processor(cfg).save_pretrained(directory)
     return directory

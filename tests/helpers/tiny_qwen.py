@@ -9,6 +9,8 @@ from PIL import Image
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from tests.helpers.tiny_hf import perturbed
+
 IMAGE, VIDEO, VSTART, VEND = 150, 151, 152, 153
 
 
@@ -27,13 +29,7 @@ def tiny_qwen_config(*, text_layers=2, vision_depth=3, fullatt=(1,), tie=False, 
 
 
 def tiny_qwen(seed=0, **kw) -> Qwen2_5_VLForConditionalGeneration:
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(tiny_qwen_config(**kw),
-                                                            attn_implementation="eager")
-    with torch.no_grad():   # default init leaves biases 0 and norms 1: make every value matter
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return perturbed(Qwen2_5_VLForConditionalGeneration, tiny_qwen_config(**kw), seed)
 
 
 def save_tiny(model, directory: str) -> str:

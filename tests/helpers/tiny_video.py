@@ -5,6 +5,7 @@ import tempfile
 
 import numpy as np
 import torch
+from tests.helpers.tiny_hf import checkpoint_init, perturbed
 from transformers import (CLIPVisionConfig, LlamaConfig, VideoLlavaConfig,
                           VideoLlavaForConditionalGeneration)
 
@@ -28,13 +29,7 @@ def tiny_video_config(*, image_size=28, patch_size=14, frames=4, kv_heads=2, sel
 
 
 def tiny_video_llava(seed=0, **kw) -> VideoLlavaForConditionalGeneration:
-    torch.manual_seed(seed)
-    model = VideoLlavaForConditionalGeneration._from_config(tiny_video_config(**kw),
-                                                            attn_implementation="eager")
-    with torch.no_grad():   # default init leaves biases 0 and norms 1: make every value matter
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return perturbed(VideoLlavaForConditionalGeneration, tiny_video_config(**kw), seed)
 
 
 def jax_video_params(hf):
@@ -92,12 +87,7 @@ def build_tiny_video_checkpoint(directory: str, *, image_size: int = 28, frames:
     cfg.text_config.pad_token_id = PAD_TOKEN_ID
     torch.manual_seed(seed)
     model = VideoLlavaForConditionalGeneration._from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, init_std / max(1.0, p.shape[-1] ** 0.5) if p.ndim > 1 else 0.02)
+    checkpoint_init(model, init_std)
     model.save_pretrained(directory)
     VideoLlavaImageProcessor(size={"shortest_edge": image_size},
                              crop_size={"height": image_size, "width": image_size}

@@ -12,7 +12,7 @@ import jax
 from duet_jax.models import onevision_layout as layout
 from duet_jax.models.llava_next import NextImages
 from duet_jax.models.onevision import OnevisionModel
-from tests.helpers.tiny_hf import jax_params
+from tests.helpers.tiny_hf import hf_greedy_per_sample, jax_params
 from tests.helpers.tiny_onevision import (IMAGE_TOKEN, SIZES, VIDEO_TOKEN, block_batch,
                                           hf_block_features, image_pixels, random_videos,
                                           tiny_onevision)
@@ -89,15 +89,8 @@ def test_greedy_decode_matches_torch():
     out = generate_tokens(OnevisionModel(cfg), params, ids, NextImages(pixels, sizes), mask,
                           max_new_tokens=6, eos_id=-1)
     tokens = np.asarray(out.tokens)
-    for b in range(len(ids)):
-        n = int(mask[b].sum())
-        with torch.no_grad():
-            ref = hf.generate(input_ids=torch.tensor(ids[b:b + 1, :n]),
-                              attention_mask=torch.ones(1, n, dtype=torch.long),
-                              pixel_values=torch.tensor(pixels[b:b + 1]),
-                              image_sizes=torch.tensor(sizes[b:b + 1]), max_new_tokens=6,
-                              min_new_tokens=6, do_sample=False).numpy()[0, n:]
-        np.testing.assert_array_equal(tokens[b], ref)
+    ref = hf_greedy_per_sample(hf, ids, mask, 6, pixel_values=pixels, image_sizes=sizes)
+    np.testing.assert_array_equal(tokens, ref)
     assert len({tuple(t) for t in tokens}) > 1
 
 
