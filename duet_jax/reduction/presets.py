@@ -13,8 +13,7 @@ from typing import Any, Mapping, Optional, Union
 from .baselines import (PDROP_DEFAULT_LAYERS, PDROP_DEFAULT_RATIOS, average_image_tokens,
                         stage_counts)
 from .stage1 import MODES, vision_merge_size
-from .dart import dart_kept_count
-from .zoo_config import DART_PIVOTS, SelectConfig, dart_topk
+from .zoo_config import SelectConfig, dart_keep, dart_topk
 
 QUERY_SETS = ("all", "last", "salient")
 POSITION_POLICIES = ("renumber", "keep")
@@ -103,10 +102,15 @@ class Stage2Config:
         if self.method in ("fastv", "dart") and len(self.layers) != 1:
             raise ValueError(f"{self.method} drops once; give one layer, got {list(self.layers)}")
         if self.method == "dart":
-            if self.keep is None or self.positions != "keep":
-                raise ValueError("stage2.method 'dart' needs keep=[n] (68, 132, 196, ..) and "
+            if (self.keep is None) == (not self.ratios) or self.positions != "keep":
+                raise ValueError("stage2.method 'dart' needs keep=[n] (68, 132, 196, ..) or "
+                                 "ratios=[r] (a fraction of each image's tokens) and "
                                  "positions='keep' (DART keeps the original positions)")
-            dart_topk(self.keep[0], "stage2")
+            if self.keep is not None:
+                dart_topk(self.keep[0], "stage2")
+            elif not self.ratios[0] > 0:
+                raise ValueError(f"stage2.ratios {list(self.ratios)}: DART keeps a fraction in "
+                                 "(0, 1] of each image's tokens")
         if self.keep is None:
             self._check_schedule("ratios", self.ratios, lambda r: 0.0 <= r <= 1.0, "in [0, 1]")
         else:
@@ -125,8 +129,14 @@ class Stage2Config:
             raise ValueError(f"stage2.{name} {list(values)} must be non-increasing")
 
     def image_counts(self, n0: int) -> list:
-        """``[n_0, n_1, .., n_S]`` image tokens per segment (Python ints)."""
-        return [int(n0), *self.keep] if self.keep is not None else stage_counts(n0, self.ratios)
+        """``[n_0, n_1, .., n_S]`` image tokens per segment (Python ints). DART with a
+        ratio keeps ``dart_keep(round(r * n_0))``: the select presets' count, then DART's
+        own rounding to ``4 + 8 x token_topk`` (docs/BASELINES.md §9)."""
+        if self.keep is not None:
+            return [int(n0), *self.keep]
+        if self.method == "dart":
+            return [int(n0), dart_keep(int(round(self.ratios[0] * n0)))]
+        return stage_counts(n0, self.ratios)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +376,7 @@ def _build_presets():
                 select=SelectConfig(method, budget))
         add(f"llava15-dart-{budget}", None,
             Stage2Config((DART_LAYER,), (), positions="keep", method="dart",
-                         keep=(dart_kept_count(*DART_PIVOTS, budget // sum(DART_PIVOTS)),)))
+                         keep=(dart_keep(budget),)))
         add(f"llava15-vscan-{budget}", None,
             Stage2Config((16,), (), queries="last", keep=(keep,)), budget,
             select=SelectConfig("vscan", t))
@@ -378,7 +388,7 @@ def _build_presets():
                     select=SelectConfig(method, budget))
             add(f"{family}-dart-{budget}", None,
                 Stage2Config((DART_LAYER,), (), positions="keep", method="dart",
-                             keep=(dart_kept_count(*DART_PIVOTS, budget // sum(DART_PIVOTS)),)))
+                             keep=(dart_keep(budget),)))
     return presets, targets
 
 

@@ -109,6 +109,13 @@ class SelectConfig:
             raise ValueError(f"{name}: {err}") from None
 
 
+def dart_keep(budget: int) -> int:
+    """DART's kept image tokens for a budget of ``budget``: ``p_img + P * (budget // P)``
+    (its ``token_topk = floor(B / P)``; 64 -> 68, 192 -> 196)."""
+    p_img, p_txt = DART_PIVOTS
+    return dart_kept_count(p_img, p_txt, budget // (p_img + p_txt))
+
+
 def dart_topk(keep: int, name: str = "dart") -> int:
     """DART picks per pivot from its kept count ``p_img + P * token_topk``;
     ValueError where ``keep`` is not of that form (68, 132, 196 are)."""
