@@ -14,6 +14,9 @@ projected patches:
   and the question's CLIP text embeddings (``zoo_inputs``, from the CLIP text
   tower the handle loads); one selection per sample with its own question.
 
+`block_keep` runs DivPrune and random over a whole image block: LLaVA-NeXT's and
+OneVision's AnyRes block, Qwen2.5-VL's merged tokens of one image.
+
 Selections run in float32 at least (docs/BASELINES.md §0); the kept rows are
 gathered from the model-dtype tensors. DART is a Stage-2 method
 (`duet_jax.models.segments`).
