@@ -20,7 +20,6 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from duet_jax.api.qwen25vl import Qwen25VL, collate
 from duet_jax.generation.decode import generate_qwen
 from duet_jax.models.qwen25vl import Qwen25VLModel, rope_index
-from duet_jax.models.qwen25vl_reduced import reduced_logits
 from duet_jax.reduction import (ReductionConfig, SelectConfig, Stage2Config, dart_topk,
                                 get_preset, random_select)
 from tests.helpers.tiny_qwen import IMAGE, hf_inputs, jax_params, qwen_inputs, tiny_qwen
@@ -67,12 +66,14 @@ def _reference(hf, sample, red, row, batch, extra=()):
     keep = np.arange(n)
     if red.select is not None:
         k = red.select.count(n)
-        keep = (zoo_oracle.divprune(emb[None], k)["keep"][0] if red.select.method == "divprune"
-                else np.asarray(random_select(jax.random.key(red.select.seed), batch, k, n)["keep"])[row])
+        if red.select.method == "divprune":
+            keep = zoo_oracle.divprune(emb[None], k)["keep"][0]
+        else:   # the seeded draw of this row
+            keep = np.asarray(random_select(jax.random.key(red.select.seed), batch, k, n)["keep"])[row]
     after = np.arange(start + n, ids.shape[1])
     h = np.concatenate([text[:start], emb[keep], text[start + n:]])
-    pos = np.concatenate([pos3[:, :start], pos3[:, start + keep], pos3[:, after],
-                          np.broadcast_to(pos3.max() + 1 + np.arange(len(extra)), (3, len(extra)))], 1)
+    decoded = np.broadcast_to(pos3.max() + 1 + np.arange(len(extra)), (3, len(extra)))
+    pos = np.concatenate([pos3[:, :start], pos3[:, start + keep], pos3[:, after], decoded], 1)
     if red.stage2 is None:
         h, _ = _hf_layers(lm, h, pos, 0, hf.config.text_config.num_hidden_layers)
     else:
@@ -80,7 +81,8 @@ def _reference(hf, sample, red, row, batch, extra=()):
         h_in, cos_sin = _hf_layers(lm, h, pos, 0, layer - 1)
         mod = lm.layers[layer - 1]
         with torch.no_grad():
-            keys = mod.self_attn.k_proj(mod.input_layernorm(torch.tensor(h_in, dtype=torch.float32)))
+            x = torch.tensor(h_in, dtype=torch.float32)
+            keys = mod.self_attn.k_proj(mod.input_layernorm(x))
             keys = keys.view(1, len(h), -1, mod.self_attn.head_dim).transpose(1, 2)
             keys = apply_rotary_pos_emb(keys, keys, *cos_sin)[1][0].numpy()
         h, _ = _hf_layers(lm, h_in, pos, layer - 1, layer)
@@ -106,10 +108,11 @@ def test_batched_prefill_and_generation_equal_each_samples_reference(name):
     pos, nxt = rope_index(cfg, batch["input_ids"], grids, batch["attention_mask"])
     args = (model, params, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["pixel_values"]),
             grids, jnp.asarray(pos))
-    logits, valid = reduced_logits(*args, mask, red)
     gen = generate_qwen(*args, jnp.asarray(nxt), mask, reduction=red, max_new_tokens=N_NEW,
                         with_logits=True)
-    logits, valid, tokens = np.asarray(logits), np.asarray(valid), np.asarray(gen.tokens)
+    # the prefill's own final hidden rows (one compile for prefill and decode)
+    logits = np.asarray(model.text.head(params["text"], gen.forward.hidden))
+    valid, tokens = np.asarray(gen.forward.valid), np.asarray(gen.tokens)
     n = int((samples[0]["input_ids"] == IMAGE).sum())
     for b, sample in enumerate(samples):
         ref = _reference(hf, sample, red, b, len(samples), extra=tokens[b, :-1])

@@ -12,6 +12,7 @@ from duet_jax.api.base import Handle
 from duet_jax.api.llava import Llava
 from duet_jax.api.llava_next import LlavaNext
 from duet_jax.api.llava_onevision import LlavaOnevision
+from duet_jax.api.qwen25vl import Qwen25VL
 from duet_jax.reduction import (PRESETS, SelectConfig, Stage2Config, average_visual_tokens,
                                 from_dict, get_preset)
 
@@ -92,7 +93,6 @@ QWEN_KEPT = {33: {576: (192, 196), 391: (130, 132), 64: (21, 20)},
 
 @pytest.mark.parametrize("percent", sorted(QWEN_KEPT))
 def test_qwen_zoo_presets_keep_a_fraction_of_each_image(percent):
-    from duet_jax.api.qwen25vl import Qwen25VL
     handle = Qwen25VL(SimpleNamespace(text=SimpleNamespace(num_hidden_layers=28)), None, None)
     for method in ("divprune", "random", "dart"):
         config = get_preset(f"qwen25vl-{method}-{percent}pct")
