@@ -27,6 +27,7 @@ import numpy as np
 from duet_jax.api.base import Handle, check_directory
 from duet_jax.dtypes import parse_dtype
 from duet_jax.models.qwen25vl import PARAM_AXES, Qwen25VLConfig, Qwen25VLModel, rope_index
+from duet_jax.models.zoo import BLOCK_METHODS
 from duet_jax.sharding import param_shardings
 
 
@@ -40,6 +41,8 @@ class Qwen25VL(Handle):
     config: Qwen25VLConfig
     module: Qwen25VLModel
     kept_pictures = False        # kept-token pictures draw CLIP patch grids (LLaVA families)
+    # DART in the LM, DivPrune / random over each image's merged tokens (docs/BASELINES.md §9)
+    zoo_methods = ("dart", *BLOCK_METHODS)
 
     @classmethod
     def load(cls, path: str, *, dtype: str = "float32", compute_dtype: Optional[str] = None,
@@ -90,8 +93,16 @@ class Qwen25VL(Handle):
         logits, _ = reduced_logits(self.module, self.params, jnp.asarray(ids),
                                    None if pixel_values is None else jnp.asarray(pixel_values),
                                    _grids(grid), jnp.asarray(pos), mask,
-                                   self.reduction(reduction))
+                                   self.batch_reduction(reduction, len(ids), _grids(grid)))
         return logits
+
+    def batch_reduction(self, reduction, batch: int, grids: tuple):
+        """`reduction` resolved and checked against this batch's images (their token counts
+        are known only here), in one line before anything is traced."""
+        from duet_jax.models.qwen25vl_reduced import check_reduction
+        red = self.reduction(reduction)
+        check_reduction(self.config, red, batch, grids)
+        return red
 
     @functools.cached_property
     def image_processor(self):
@@ -162,7 +173,8 @@ class Qwen25VL(Handle):
         return generate_qwen(self.module, self.params, jnp.asarray(ids),
                              None if pixels is None else jnp.asarray(pixels), _grids(grid),
                              jnp.asarray(pos), jnp.asarray(nxt), jnp.asarray(mask),
-                             reduction=self.reduction(reduction), max_new_tokens=max_new_tokens,
+                             reduction=self.batch_reduction(reduction, len(ids), _grids(grid)),
+                             max_new_tokens=max_new_tokens,
                              eos_id=-1 if eos is None else eos, pad_id=self.pad_id,
                              temperature=temperature, top_p=top_p, rng=jax.random.key(seed))
 

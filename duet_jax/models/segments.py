@@ -132,6 +132,9 @@ def dart_drop(text, params: dict, seq: Sequence, keys, *, n_prev: np.ndarray,
         raise ValueError(f"DART keeps {kept} image tokens (stage2.keep) but the image block has "
                          f"{n}; use a smaller DART preset or a larger image")
     topk = dart_topk(kept)
+    if topk < 1:   # a ratio preset on a small image: nothing left to pick but the pivots
+        raise ValueError(f"DART keeps {kept} of the image block's {n} tokens, below one pick per "
+                         "pivot; use a larger stage2 ratio or a larger image")
     hidden = rms_norm(seq.hidden, params["norm"]["scale"], text.config.rms_norm_eps)
     hidden, keys = at_least_float32(hidden), at_least_float32(keys)
     lengths = seq.valid.sum(-1).astype(jnp.int32)

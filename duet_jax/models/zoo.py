@@ -14,6 +14,9 @@ projected patches:
   and the question's CLIP text embeddings (``zoo_inputs``, from the CLIP text
   tower the handle loads); one selection per sample with its own question.
 
+`block_keep` runs DivPrune and random over a whole image block: LLaVA-NeXT's and
+OneVision's AnyRes block, Qwen2.5-VL's merged tokens of one image.
+
 Selections run in float32 at least (docs/BASELINES.md §0); the kept rows are
 gathered from the model-dtype tensors. DART is a Stage-2 method
 (`duet_jax.models.segments`).
@@ -34,17 +37,18 @@ def take_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, keep[:, :, None], axis=1)
 
 
-BLOCK_METHODS = ("divprune", "random")   # what `select_block` runs (NeXT, OneVision)
+BLOCK_METHODS = ("divprune", "random")   # what `block_keep` runs (NeXT, OneVision, Qwen2.5-VL)
 
 
-def select_block(tokens: jax.Array, counts, select) -> jax.Array:
+def block_keep(tokens: jax.Array, counts, select) -> jax.Array:
     """DivPrune / random over each sample's whole image block (docs/BASELINES.md §9):
-    tokens [B, F, Dt] (the projector outputs and newline rows the LM would see),
-    counts: the block length of each sample (host ints, one value for the batch)
-    -> [B, K, Dt], the kept rows in the order the method returns them."""
+    tokens [B, F, Dt] (the rows the LM would see at the image block, first), counts:
+    the block length of each sample (host ints, one value for the batch) -> keep
+    [B, K], ascending indices into the block. Qwen2.5-VL gathers its prompt through
+    them (each kept row keeps its M-RoPE ids); the AnyRes families take the rows."""
     if select.method not in BLOCK_METHODS:
-        raise ValueError(f"{select.method} runs on LLaVA-1.5 only; on an AnyRes image block "
-                         f"use one of {BLOCK_METHODS}")
+        raise ValueError(f"{select.method} runs on LLaVA-1.5 only; on LLaVA-NeXT, OneVision and "
+                         f"Qwen2.5-VL use one of {BLOCK_METHODS}")
     if len(set(counts)) != 1:
         raise ValueError(f"{select.method} needs one image-block length for the whole batch (got "
                          f"{sorted(set(counts))}); batch images of one size together (eval.py "
@@ -53,13 +57,17 @@ def select_block(tokens: jax.Array, counts, select) -> jax.Array:
     k = select.count(n)
     if not 1 <= k <= n:
         raise ValueError(f"{select.method} keeps {k} image tokens but the image block has {n}; "
-                         "use a smaller budget or a larger image")
+                         f"give a budget in [1, {n}] or a larger image")
     block = tokens[:, :n]
     if select.method == "divprune":
-        keep = divprune_select(_wide(block), k)["keep"]
-    else:                     # random: sample b depends on (seed, b) only
-        keep = random_select(jax.random.key(select.seed), block.shape[0], k, n)["keep"]
-    return take_rows(block, keep)
+        return divprune_select(_wide(block), k)["keep"]
+    # random: sample b depends on (seed, b) only
+    return random_select(jax.random.key(select.seed), block.shape[0], k, n)["keep"]
+
+
+def select_block(tokens: jax.Array, counts, select) -> jax.Array:
+    """tokens [B, F, Dt], counts as `block_keep` -> [B, K, Dt], the kept rows in block order."""
+    return take_rows(tokens[:, :int(counts[0])], block_keep(tokens, counts, select))
 
 
 def select_image_tokens(model, params: dict, pixel_values: jax.Array, select,

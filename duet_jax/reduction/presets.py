@@ -13,8 +13,7 @@ from typing import Any, Mapping, Optional, Union
 from .baselines import (PDROP_DEFAULT_LAYERS, PDROP_DEFAULT_RATIOS, average_image_tokens,
                         stage_counts)
 from .stage1 import MODES, vision_merge_size
-from .dart import dart_kept_count
-from .zoo_config import DART_PIVOTS, SelectConfig, dart_topk
+from .zoo_config import DART_PIVOTS, SelectConfig, dart_keep, dart_topk
 
 QUERY_SETS = ("all", "last", "salient")
 POSITION_POLICIES = ("renumber", "keep")
@@ -103,10 +102,12 @@ class Stage2Config:
         if self.method in ("fastv", "dart") and len(self.layers) != 1:
             raise ValueError(f"{self.method} drops once; give one layer, got {list(self.layers)}")
         if self.method == "dart":
-            if self.keep is None or self.positions != "keep":
-                raise ValueError("stage2.method 'dart' needs keep=[n] (68, 132, 196, ..) and "
+            if (self.keep is None) == (not self.ratios) or self.positions != "keep":
+                raise ValueError("stage2.method 'dart' needs keep=[n] (68, 132, 196, ..) or "
+                                 "ratios=[r] (a fraction of each image's tokens) and "
                                  "positions='keep' (DART keeps the original positions)")
-            dart_topk(self.keep[0], "stage2")
+            if self.keep is not None:
+                dart_topk(self.keep[0], "stage2")
         if self.keep is None:
             self._check_schedule("ratios", self.ratios, lambda r: 0.0 <= r <= 1.0, "in [0, 1]")
         else:
@@ -125,8 +126,14 @@ class Stage2Config:
             raise ValueError(f"stage2.{name} {list(values)} must be non-increasing")
 
     def image_counts(self, n0: int) -> list:
-        """``[n_0, n_1, .., n_S]`` image tokens per segment (Python ints)."""
-        return [int(n0), *self.keep] if self.keep is not None else stage_counts(n0, self.ratios)
+        """``[n_0, n_1, .., n_S]`` image tokens per segment (Python ints). DART with a
+        ratio keeps ``dart_keep(round(r * n_0))``: the select presets' count, then DART's
+        own rounding to ``4 + 8 x token_topk`` (docs/BASELINES.md §9)."""
+        if self.keep is not None:
+            return [int(n0), *self.keep]
+        if self.method == "dart":
+            return [int(n0), dart_keep(int(round(self.ratios[0] * n0)))]
+        return stage_counts(n0, self.ratios)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +193,10 @@ class ReductionConfig:
             if s2.keep is not None and s2.keep[0] > n0:
                 raise ValueError(f"{self.name}: stage2.keep={s2.keep[0]} exceeds the {n0} "
                                  "image tokens entering the LM; lower stage2.keep")
+            kept = self.image_counts(n0)[-1]
+            if s2.method == "dart" and kept < dart_keep(sum(DART_PIVOTS)):   # (ratio: small image)
+                raise ValueError(f"{self.name}: DART keeps {kept} of the {n0} image tokens entering"
+                                 " the LM, below one pick per pivot; use a larger ratio or image")
         return self
 
     def to_dict(self) -> dict:
@@ -317,10 +328,16 @@ DART_LAYER = 2
 # DART on LLaVA-NeXT / OneVision (docs/BASELINES.md §9): the same layer and pivots over the
 # whole image block, keep 4 + 8 * (budget // 8) at the family's duet budgets (the DART
 # paper keeps 320 of NeXT's 2880, 11.1%); a 2x2 grid (5 crops) for the accounting.
-NEXT_DART = (640, 320, 160)
-OV_DART = (810, 403, 203)
-# DivPrune and random over the whole NeXT / OneVision image block, at the same budgets
-BLOCK_SELECT = ("divprune", "random")
+NEXT_DART, OV_DART = (640, 320, 160), (810, 403, 203)
+BLOCK_SELECT = ("divprune", "random")   # over the whole image block, at the same budgets
+# Qwen2.5-VL: LLaVA-1.5's 192 / 128 / 64 of 576 of each image's tokens (docs/BASELINES.md §9)
+QWEN_ZOO = {"33pct": 192 / 576, "22pct": 128 / 576, "11pct": 64 / 576}
+
+
+def dart_stage2(budget: Optional[int] = None, ratio: Optional[float] = None) -> Stage2Config:
+    """DART from layer 2, positions kept: keeps `dart_keep(budget)`, or a `ratio` of each image."""
+    return Stage2Config((DART_LAYER,), (ratio,) if ratio else (), positions="keep", method="dart",
+                        keep=None if ratio else (dart_keep(budget),))
 
 
 def _build_presets():
@@ -364,21 +381,18 @@ def _build_presets():
                      and method != "cdpruner")
             add(f"llava15-{method}-{budget}", None, None, budget if exact else None,
                 select=SelectConfig(method, budget))
-        add(f"llava15-dart-{budget}", None,
-            Stage2Config((DART_LAYER,), (), positions="keep", method="dart",
-                         keep=(dart_kept_count(*DART_PIVOTS, budget // sum(DART_PIVOTS)),)))
+        add(f"llava15-dart-{budget}", None, dart_stage2(budget))
         add(f"llava15-vscan-{budget}", None,
             Stage2Config((16,), (), queries="last", keep=(keep,)), budget,
             select=SelectConfig("vscan", t))
-    for family, budgets, patches, layers in (("llavanext", NEXT_DART, 576, 32),
-                                             ("llavaov", OV_DART, 729, 28)):
-        for budget in budgets:
-            for method in BLOCK_SELECT:
-                add(f"{family}-{method}-{budget}", None, None, budget, patches, layers, 5,
-                    select=SelectConfig(method, budget))
-            add(f"{family}-dart-{budget}", None,
-                Stage2Config((DART_LAYER,), (), positions="keep", method="dart",
-                             keep=(dart_kept_count(*DART_PIVOTS, budget // sum(DART_PIVOTS)),)))
+    blocks = [   # DivPrune, random and DART over whole image blocks (Qwen: ratios)
+              *((f"llavanext-{{}}-{b}", {"budget": b}, (b, 576, 32, 5)) for b in NEXT_DART),
+              *((f"llavaov-{{}}-{b}", {"budget": b}, (b, 729, 28, 5)) for b in OV_DART),
+              *((f"qwen25vl-{{}}-{s}", {"ratio": r}, ()) for s, r in QWEN_ZOO.items())]
+    for name, size, target in blocks:
+        for method in BLOCK_SELECT:
+            add(name.format(method), None, None, *target, select=SelectConfig(method, **size))
+        add(name.format("dart"), None, dart_stage2(**size))
     return presets, targets
 
 

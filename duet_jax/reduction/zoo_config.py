@@ -89,9 +89,8 @@ class SelectConfig:
         k = self.count(num_patches)
         key = "select.budget" if self.budget is not None else f"select.ratio={self.ratio}"
         if not 1 <= k <= num_patches:
-            raise ValueError(f"{name}: {self.method} keeps {k} tokens ({key}) but the model "
-                             f"has {num_patches} image patches; give a budget in [1, "
-                             f"{num_patches}]")
+            raise ValueError(f"{name}: {self.method} keeps {k} tokens ({key}) but the image "
+                             f"block has {num_patches}; give a budget in [1, {num_patches}]")
         missing = [need for need in METHOD_NEEDS.get(self.method, ()) if need not in inputs]
         if missing:
             raise ValueError(f"{name}: {self.method} needs {INPUT_HINTS[missing[0]]}, which "
@@ -107,6 +106,13 @@ class SelectConfig:
                 vscan_counts(k, num_patches)
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from None
+
+
+def dart_keep(budget: int) -> int:
+    """DART's kept image tokens for a budget of ``budget``: ``p_img + P * (budget // P)``
+    (its ``token_topk = floor(B / P)``; 64 -> 68, 192 -> 196)."""
+    p_img, p_txt = DART_PIVOTS
+    return dart_kept_count(p_img, p_txt, budget // (p_img + p_txt))
 
 
 def dart_topk(keep: int, name: str = "dart") -> int:

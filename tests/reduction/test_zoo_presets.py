@@ -12,6 +12,7 @@ from duet_jax.api.base import Handle
 from duet_jax.api.llava import Llava
 from duet_jax.api.llava_next import LlavaNext
 from duet_jax.api.llava_onevision import LlavaOnevision
+from duet_jax.api.qwen25vl import Qwen25VL
 from duet_jax.reduction import (PRESETS, SelectConfig, Stage2Config, average_visual_tokens,
                                 from_dict, get_preset)
 
@@ -83,6 +84,37 @@ def test_next_and_onevision_dart_presets_keep_their_stated_counts(name):
         handle.reduction("llava15-pool-64")
 
 
+# Qwen2.5-VL: percent kept -> {image tokens: (DivPrune / random kept, DART kept from layer 2)},
+# as docs/BASELINES.md §9 prints them (a 391-token image is 476 x 644 pixels; None: refused)
+QWEN_KEPT = {33: {576: (192, 196), 391: (130, 132), 64: (21, 20)},
+             22: {576: (128, 132), 391: (87, 84), 64: (14, 12)},
+             11: {576: (64, 68), 391: (43, 44), 64: (7, None)}}
+
+
+@pytest.mark.parametrize("percent", sorted(QWEN_KEPT))
+def test_qwen_zoo_presets_keep_a_fraction_of_each_image(percent):
+    handle = Qwen25VL(SimpleNamespace(text=SimpleNamespace(num_hidden_layers=28)), None, None)
+    for method in ("divprune", "random", "dart"):
+        config = get_preset(f"qwen25vl-{method}-{percent}pct")
+        assert from_dict(config.to_dict()) == config and handle.reduction(config.name) is config
+        for n, (kept, dart) in QWEN_KEPT[percent].items():
+            if method == "dart":
+                assert config.stage2.layers == (2,) and config.stage2.positions == "keep"
+                if dart is not None:
+                    assert config.image_counts(config.image_tokens(n)) == [n, dart]
+                    config.validate(n, 28)
+                else:
+                    with pytest.raises(ValueError, match=rf"^{config.name}: DART keeps 4 of the "
+                                                         rf"{n} image tokens .*larger ratio or image$"):
+                        config.validate(n, 28)
+            else:
+                assert config.select.method == method and config.stage2 is None
+                assert config.image_counts(config.image_tokens(n)) == [kept]
+    with pytest.raises(ValueError, match=r"^llava15-pool-64: pool is not wired into Qwen25VL "
+                                         r"\(its zoo methods: dart, divprune, random\); use"):
+        handle.reduction("llava15-pool-64")
+
+
 @pytest.mark.parametrize("family,budgets,patches,layers", [
     ("llavanext", (640, 320, 160), 576, 32), ("llavaov", (810, 403, 203), 729, 28)])
 @pytest.mark.parametrize("method", ["divprune", "random"])
@@ -110,7 +142,7 @@ def test_cdpruner_needs_a_clip_text_tower(budget):
 
 @pytest.mark.parametrize("mapping,match", [
     ({"preset": "llava15-divprune-64", "select": {"budget": 700}},
-     r"^llava15-divprune-64: divprune keeps 700 tokens \(select.budget\).*576 image patches; "
+     r"^llava15-divprune-64: divprune keeps 700 tokens \(select.budget\).*image block has 576; "
      r"give a budget"),
     ({"preset": "llava15-random-64", "select": {"budget": None, "ratio": 1.5}},
      r"^llava15-random-64: select.ratio=1.5 is outside \(0, 1\]"),
@@ -126,6 +158,9 @@ def test_cdpruner_needs_a_clip_text_tower(budget):
      r"^llava15-dart-64: .*DART keeps 4 \+ 8 x token_topk.*keep=70"),
     ({"preset": "llava15-dart-64", "stage2": {"positions": "renumber"}},
      r"^llava15-dart-64: .*dart' needs keep=\[n\].*positions='keep'"),
+    ({"preset": "qwen25vl-dart-11pct", "stage2": {"keep": [68]}},
+     r"^qwen25vl-dart-11pct: .*dart' needs keep=\[n\] .* or ratios=\[r\]"),
+
     ({"preset": "llava15-pool-64", "select": {"method": "median"}},
      r"^llava15-pool-64: select.method='median' is not one of"),
     ({"preset": "llava15-dart-64", "select": {"method": "pool", "budget": 64},
@@ -168,5 +203,6 @@ def test_select_config_sizes():
     blocks = [f"{family}-{m}-{b}" for family, budgets in (("llavanext", (640, 320, 160)),
                                                           ("llavaov", (810, 403, 203)))
               for m in ("divprune", "random") for b in budgets]
+    qwen = [f"qwen25vl-{m}-{p}pct" for m in ("divprune", "random", "dart") for p in QWEN_KEPT]
     assert sorted(n for n in zoo if not n.startswith("llava15-")) == sorted([*FAMILY_DART,
-                                                                             *blocks])
+                                                                             *blocks, *qwen])
