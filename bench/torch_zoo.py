@@ -42,6 +42,11 @@ from duet_jax.reduction.vscan import LOCAL_RATIO, WINDOW
 VISPRUNER_DROP = 8     # VisPruner's `min(8, R - T_div)` tokens a round
 
 
+def take_rows(x, keep):
+    """x [B, N, D], keep [B, K] -> [B, K, D]."""
+    return torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+
+
 def divprune_keep(features, k: int):
     """DivPrune (docs/BASELINES.md §1) of one image's rows [N, D]: [k] kept, ascending.
     The official loop: first the row whose second-smallest distance (1 - cos) is largest,
@@ -68,7 +73,7 @@ def vispruner_keep(features, cls_attn, T: int, important_ratio: float):
     diverse_num = T - important_num
     order = cls_attn.mean(dim=1).argsort(dim=-1, descending=True)
     important, residual = order[:, :important_num], order[:, important_num:]
-    batch = torch.arange(b)[:, None]
+    batch = torch.arange(b, device=features.device)[:, None]
     while True:
         tokens = unit[batch, residual]                                      # [B, R, C]
         r = min(VISPRUNER_DROP, tokens.shape[1] - diverse_num)
@@ -101,7 +106,8 @@ def vscan_tokens(shallow_attn, deep_attn, projected, T: int):
     local = torch.cat(local, dim=1)
     deep.scatter_(1, local, 0.0)
     glob = torch.topk(deep, T - local_num, dim=1).indices
-    retained = torch.zeros(b, n, dtype=torch.bool).scatter_(1, torch.cat([local, glob], 1), True)
+    retained = torch.zeros(b, n, dtype=torch.bool, device=projected.device).scatter_(
+        1, torch.cat([local, glob], 1), True)
     return _merge_into_retained(projected, retained)
 
 
@@ -115,7 +121,7 @@ def _merge_into_retained(features, retained):
     unit = lambda x: x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     nearest = (unit(dropped) @ unit(kept).transpose(1, 2)).argmax(dim=2)   # [B, N-K]
     merged = kept.clone().scatter_add_(1, nearest[..., None].expand(-1, -1, d), dropped)
-    count = torch.zeros(kept.shape[:2], dtype=torch.int).scatter_add_(
+    count = torch.zeros(kept.shape[:2], dtype=torch.int, device=kept.device).scatter_add_(
         1, nearest, torch.ones_like(nearest, dtype=torch.int))
     return merged / (1 + count[..., None])
 
@@ -184,7 +190,7 @@ class ZooPeer:
             out, probed = clip_tower(hf, pixel_values, feature_layer, (feature_layer,))
             feats = out[:, 1:]
             keep = vispruner_keep(feats, probed[feature_layer][0], k, select.important_ratio)
-            return project(feats[torch.arange(feats.shape[0])[:, None], keep])
+            return project(take_rows(feats, keep))
         if select.method == "vscan":
             deep = hf.config.vision_config.num_hidden_layers - 2
             out, probed = clip_tower(hf, pixel_values, feature_layer, (SHALLOW_LAYER, deep))
@@ -196,7 +202,7 @@ class ZooPeer:
             keep = torch.stack([divprune_keep(x, k) for x in projected])
         else:
             keep = random_keep(projected.shape[0], k, n, select.seed).to(projected.device)
-        return projected[torch.arange(projected.shape[0])[:, None], keep]
+        return take_rows(projected, keep)
 
     def kept_rows(self, hf, layer, h_in, h_out, rope, image_start: int, n_image: int,
                   n_keep: int):
