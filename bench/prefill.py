@@ -2,17 +2,19 @@
 unreduced model and every reduction preset, each against its analytic FLOP bound.
 
 The peer is the PyTorch way of doing the same work (`bench/torch_peer.py`: HF
-modules layer by layer, Stage 1 and the drops as torch gathers between layers) on
-the same weights: the HF model is saved and loaded into JAX through the
-checkpoint converter. Both report speedup over their own unreduced run and the
+modules layer by layer, Stage 1 and the drops as torch gathers between layers; the
+zoo methods' official selection math in torch from `bench/torch_zoo.py`) on the
+same weights: the HF model is saved and loaded into JAX through the checkpoint
+converter. Both report speedup over their own unreduced run and the
 fraction of the FLOP bound that speedup reaches; `max |dlogit|` checks that the
 two compute the same thing.
 
     python bench/prefill.py [--batch 1] [--text-tokens 64] [--repeats 5] [--no-torch]
                             [--width-v 256 --width-t 512 --vocab 32064]
 
-Prints a table and writes bench/results/prefill_b{batch}.json (--name: another prefix;
-the zoo rows were run as --name prefill_zoo --no-torch).
+Prints a table and writes bench/results/prefill_b{batch}.json (--name: another prefix).
+CDPruner is left out: it needs the question's CLIP text tower, which this bench does
+not build.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from bench.common import (hf_and_jax_llava, jax_prefill, llava_shaped_hf_config,
                           matmul_peak_gflops, print_table, prompt_batch, roofline, roofline_cells,
                           time_round_robin, write_json)
 from bench.flops import prefill_flops
-from bench.torch_peer import reduced_prefill
+from bench.torch_zoo import peer_prefill
 from duet_jax.models.llava import LlavaModel
 from duet_jax.reduction import average_visual_tokens, get_preset
 
@@ -39,17 +41,10 @@ PRESETS = ["llava15-duet-192", "llava15-duet-128", "llava15-duet-64",
            "llava15-visionzip-192", "llava15-visionzip-128", "llava15-visionzip-64",
            "llava15-pdrop-192", "llava15-pdrop-128", "llava15-pdrop-64",
            "llava15-fastv-192", "llava15-fastv-128", "llava15-fastv-64"]
-# the method zoo (docs/BASELINES.md §9; cdpruner needs a CLIP text tower): JAX rows only,
-# the PyTorch peer has no zoo selections yet
+# the method zoo (docs/BASELINES.md §9; cdpruner needs a CLIP text tower), JAX and peer
 ZOO = [f"llava15-{m}-{b}" for m in ("divprune", "dart", "vispruner", "vscan", "random", "pool")
        for b in (192, 128, 64)]
 IMAGE_AT = 5
-
-
-def is_zoo(red) -> bool:
-    """A zoo preset (a select section or DART), which the PyTorch peer does not run."""
-    return red is not None and (red.select is not None or
-                                (red.stage2 is not None and red.stage2.method == "dart"))
 
 
 def main():
@@ -76,10 +71,9 @@ def main():
 
     settings = {"none": None, **{name: get_preset(name) for name in args.presets}}
     jax_run = lambda red: (lambda: jax_prefill(module, params, *dev, red).block_until_ready())
-    torch_run = lambda red: (lambda: reduced_prefill(hf, tids, tpix, red, IMAGE_AT))
+    torch_run = lambda red: (lambda: peer_prefill(hf, tids, tpix, red, IMAGE_AT))
     fns = {("jax", name): jax_run(red) for name, red in settings.items()}
-    peer = {name: red for name, red in settings.items()
-            if not args.no_torch and not is_zoo(red)}
+    peer = {} if args.no_torch else settings
     fns.update({("torch", name): torch_run(red) for name, red in peer.items()})
     load = load_note()
     times = time_round_robin(fns, repeats=args.repeats)
@@ -104,12 +98,10 @@ def main():
             row += [f"{t*1e3:.0f}", f"{t_full / t / bound:.2f}", *roofline_cells(flops, t, peak)]
         if name in peer:
             ours = np.asarray(jax_prefill(module, params, *dev, red))[:, 0]
-            ref = reduced_prefill(hf, tids, tpix, red, IMAGE_AT).numpy()
+            ref = peer_prefill(hf, tids, tpix, red, IMAGE_AT).numpy()
             entry["max_abs_logit_diff"] = float(np.abs(ours - ref).max())
             entry["torch_over_jax"] = times[("torch", name)] / times[("jax", name)]
             row += [f"{entry['torch_over_jax']:.2f}", f"{entry['max_abs_logit_diff']:.1e}"]
-        elif not args.no_torch:
-            row += ["-"] * 6   # the torch columns: no peer for the zoo selections yet
         results[name] = entry
         rows.append(row)
     print(f"prefill, batch {b}, {args.text_tokens} text tokens, LLaVA-shaped "
