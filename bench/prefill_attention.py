@@ -1,5 +1,5 @@
-"""Prefill with the CPU block attention off (dot_product_attention, 'before') and on
-(`duet_jax.models.llama.causal_block_attention`, 'after'), beside the PyTorch peer:
+"""Prefill with the CPU tiled attention off (dot_product_attention, 'before') and on
+(`duet_jax.models.attention.blocked_attention`, 'after'), beside the PyTorch peer:
 both JAX variants compiled in one process, all three timed round-robin.
 
     python bench/prefill_attention.py [--batch 8] [--presets none llava15-duet-64] [--repeats 2]
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-import duet_jax.models.llama as llama
+import duet_jax.models.attention as attention
 from bench.common import (hf_and_jax_llava, llava_shaped_hf_config, load_note, prompt_batch,
                           time_round_robin, write_json)
 from bench.prefill import IMAGE_AT, jax_prefill
@@ -51,7 +51,7 @@ def main():
         ref = reduced_prefill(hf, tids, tpix, red, IMAGE_AT).numpy()
         results[name] = {}
         for label, block in (("before", 0), ("after", 128)):
-            llama.CPU_ATTENTION_BLOCK = block       # read at trace time: a fresh trace each
+            attention.CPU_ATTENTION_BLOCK = block       # read at trace time: a fresh trace each
             fresh = jax.jit(lambda p, i, x, m, red=red:
                             jax_prefill.__wrapped__(module, p, i, x, m, red))
             compiled = fresh.lower(params, *dev).compile()
@@ -60,7 +60,7 @@ def main():
             fns[(label, name)] = (lambda c: lambda: c(params, *dev).block_until_ready())(compiled)
         fns[("torch", name)] = (lambda red: lambda: reduced_prefill(hf, tids, tpix, red,
                                                                     IMAGE_AT))(red)
-    llama.CPU_ATTENTION_BLOCK = 128
+    attention.CPU_ATTENTION_BLOCK = 128
     t = time_round_robin(fns, repeats=args.repeats)
     for name in args.presets:
         before, after, peer = t[("before", name)], t[("after", name)], t[("torch", name)]

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from duet_jax.models.attention import attend
 from duet_jax.models.common import ACTIVATIONS, init_stacked, layer_at, run_stack, slice_layers
 from duet_jax.models.config import VisionConfig
 
@@ -49,7 +50,7 @@ class CLIPAttention(nn.Module):
                                 metric=k.astype(jnp.float32).mean(axis=2),
                                 attn=probs if full_attn else None)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, scale=hd ** -0.5, mask=mask)
+            out = attend(q, k, v, mask, hd ** -0.5, causal=False)
             extra = None
         out = dense("out_proj")(out.reshape(b, t, h * hd))
         return out, extra

@@ -1,8 +1,8 @@
 """Llama decoder with the semantics of HF `LlamaForCausalLM`.
 
 RMSNorm, rotate-half RoPE (with HF's rope_scaling types), grouped-query
-attention through `jax.nn.dot_product_attention` (fused kernels on GPU
-builds), SwiGLU MLP, optional tied embeddings. Layers are stacked and run by
+attention through `duet_jax.models.attention.attend` (fused kernels on GPU
+builds, a blocked online softmax on CPU), SwiGLU MLP, optional tied embeddings. Layers are stacked and run by
 `lax.scan` over any static slice `[lo, hi)`, so callers (LLaVA with Stage 2)
 can change the sequence between slices.
 """
@@ -15,42 +15,12 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from duet_jax.models.attention import attend
 from duet_jax.models.common import ACTIVATIONS, init_stacked, run_stack, slice_layers
 from duet_jax.models.config import TextConfig
 from duet_jax.models.rope import inv_freq_for
 from duet_jax.ops import apply_rope, rms_norm, rope_cos_sin
 from duet_jax.reduction.stage2 import text_image_scores
-
-
-# Query-row block of the CPU prefill attention (`causal_block_attention`); 0 turns it off.
-CPU_ATTENTION_BLOCK = 128
-
-
-def causal_block_attention(q, k, v, mask, scale: float, block: int):
-    """Causal attention in blocks of `block` query rows, each against only the keys up to
-    its last row: q [B, T, H, hd], k/v [B, T, KV, hd] (KV divides H), mask [B, 1, T, T]
-    causal (key <= query) and-ed with key validity -> [B, T, H, hd].
-
-    `jax.nn.dot_product_attention`'s math (logits and softmax in float32, masked logits
-    at its large negative value), but on XLA:CPU (no fused kernel there) it is about 2x
-    faster at 640 rows: the causal half of the square is never computed, and each
-    block's [B, H, block, keys] logits stay in cache instead of one [B, H, T, T] tensor.
-    """
-    b, t, h, hd = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, t, kv, h // kv, hd).transpose(0, 2, 3, 1, 4)        # [B, KV, G, T, hd]
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)           # [B, KV, T, hd]
-    neg = -0.7 * jnp.finfo(jnp.float32).max
-    outs = []
-    for lo in range(0, t, block):
-        hi = min(t, lo + block)
-        logits = jnp.einsum("bkgtd,bksd->bkgts", qg[:, :, :, lo:hi], kt[:, :, :hi],
-                            preferred_element_type=jnp.float32) * scale
-        logits = jnp.where(mask[:, :, None, lo:hi, :hi], logits, neg)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, vt[:, :, :hi]))
-    out = jnp.concatenate(outs, axis=3)                                 # [B, KV, G, T, hd]
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
 class LlamaAttention(nn.Module):
@@ -83,12 +53,7 @@ class LlamaAttention(nn.Module):
             v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, 1)
         new_kv = (k, v)
         # Without a cache this is a prefill whose mask is causal (run_layers' causal_mask).
-        if kv_cache is None and jax.default_backend() == "cpu" and t > CPU_ATTENTION_BLOCK > 0:
-            out = causal_block_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
-                                         hd ** -0.5, CPU_ATTENTION_BLOCK)
-        else:
-            out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
-                                               mask=mask, scale=hd ** -0.5)
+        out = attend(q, k, v, mask, hd ** -0.5, causal=kv_cache is None)
         return dense(cfg.hidden_size, "o_proj")(out.reshape(b, t, h * hd)), new_kv
 
 

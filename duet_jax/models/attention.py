@@ -1,0 +1,99 @@
+"""Softmax attention for the towers and the LM prefill: one entry point, `attend`.
+
+Backends with a fused kernel (GPU, TPU) get `jax.nn.dot_product_attention`. XLA:CPU
+has none: there every op runs over the whole tensor, so at batch 8 a layer's
+[B, H, T, S] logits (tens of MB at 640 rows) stream through memory several times
+(scale, mask, max, exp, sum, cast) and attention, not the matmuls, dominates the
+prefill. `blocked_attention` is the flash-attention schedule written in XLA ops
+instead: one sample at a time (`lax.map`), query blocks against key blocks with an
+online softmax, so each step's logits are a [H, block, block] tile that stays in
+cache; with `causal`, key blocks past a query block's last row are never computed.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Block size (query and key rows) of the CPU attention; 0 turns it off. Read at trace time.
+CPU_ATTENTION_BLOCK = 128
+# The masked logit of jax.nn.dot_product_attention: finite, so a block whose keys are all
+# masked rescales to exactly 0 once a row meets a valid key (exp(NEG - m) underflows).
+NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attend(q, k, v, mask, scale: float, *, causal: bool):
+    """q [B, T, H, hd], k/v [B, S, KV, hd] (KV divides H), mask [B, 1, T, S] bool (True:
+    may attend) or None -> [B, T, H, hd] in q's dtype. `causal`: the mask is causal
+    (key <= query, T == S) and-ed with key validity, which lets the CPU path skip the
+    blocks above the diagonal."""
+    block = CPU_ATTENTION_BLOCK
+    if jax.default_backend() == "cpu" and block > 0 and q.shape[1] > block:
+        return blocked_attention(q, k, v, mask, scale, block, causal=causal)
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                        scale=scale)
+
+
+def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
+    """`attend`'s math (float32 logits and softmax statistics, probabilities cast to v's
+    dtype for the value product) in `block`-row tiles, one sample at a time.
+
+    `causal` asks for mask == causal & key-valid (what `causal_mask` builds): then the
+    tiles above the diagonal are skipped, and each tile is masked by key validity (the
+    mask's last row, which sees every key) and, on the diagonal, by causality from
+    iotas: a [1, block] vector instead of a [block, block] slice of the mask. A query row whose keys are all masked
+    averages the values of the tiles it visits instead of all keys (dot_product_attention's
+    result); no caller has one (a right-padded row still sees its sample's first key)."""
+    b, t, h, hd = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    g = h // kv
+    if causal and (s != t or mask is None):
+        raise ValueError(f"causal blocked attention needs its causal mask and as many keys as "
+                         f"queries, got {t} queries and {s} keys")
+
+    def one_sample(qs, ks, vs, ms):
+        """[T, H, hd], [S, KV, hd] x2, [1, T, S] or None -> [T, H, hd]. Head-major here,
+        inside the loop (each sample's transposes stay in cache), query rows grouped per
+        KV head: a tile's two products are plain [KV] batched matmuls."""
+        qs = qs.reshape(t, kv, g, hd).transpose(1, 0, 2, 3)                 # [KV, T, G, hd]
+        ks, vs = ks.transpose(1, 0, 2), vs.transpose(1, 0, 2)              # [KV, S, hd]
+        outs = []
+        for lo in range(0, t, block):
+            hi = min(t, lo + block)
+            rows = (hi - lo) * g
+            qb = qs[:, lo:hi].reshape(kv, rows, hd)
+            m = jnp.full((kv, rows), -jnp.inf, jnp.float32)
+            l = jnp.zeros((kv, rows), jnp.float32)
+            acc = jnp.zeros((kv, rows, hd), jnp.float32)
+            for klo in range(0, hi if causal else s, block):
+                khi = min(s, klo + block)
+                logits = jnp.einsum("krd,ksd->krs", qb, ks[:, klo:khi],
+                                    preferred_element_type=jnp.float32) * scale
+                if causal:      # key validity [1, S_b], and causality on the diagonal
+                    allowed = ms[0, -1:, klo:khi]
+                    if khi > lo:
+                        query = lo + jnp.arange(rows)[:, None] // g
+                        allowed = allowed & (query >= jnp.arange(klo, khi)[None])
+                    logits = jnp.where(allowed[None], logits, NEG)
+                elif ms is not None:
+                    allowed = jnp.repeat(ms[0, lo:hi, klo:khi], g, axis=0)     # [rows, S_b]
+                    logits = jnp.where(allowed[None], logits, NEG)
+                m_new = jnp.maximum(m, logits.max(-1))
+                probs = jnp.exp(logits - m_new[..., None])
+                rescale = jnp.exp(m - m_new)
+                l = l * rescale + probs.sum(-1)
+                acc = acc * rescale[..., None] + jnp.einsum(
+                    "krs,ksd->krd", probs.astype(vs.dtype), vs[:, klo:khi],
+                    preferred_element_type=jnp.float32)
+                m = m_new
+            outs.append((acc / l[..., None]).reshape(kv, hi - lo, g, hd))
+        out = jnp.concatenate(outs, axis=1)                                  # [KV, T, G, hd]
+        return out.transpose(1, 0, 2, 3).reshape(t, h, hd).astype(q.dtype)
+
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (b, 1, t, s))
+    if b == 1:       # no loop to pay for
+        return one_sample(q[0], k[0], v[0], None if mask is None else mask[0])[None]
+    if mask is None:
+        return jax.lax.map(lambda x: one_sample(*x, None), (q, k, v))
+    return jax.lax.map(lambda x: one_sample(*x), (q, k, v, mask))
