@@ -29,6 +29,9 @@ REDUCTIONS = {   # 144 patches (12 x 12 grid), 8 CLIP layers, 4 LM layers
     "pool": ReductionConfig("t-pool", select=SelectConfig("pool", 20)),
     "vscan": ReductionConfig("t-vscan", None, Stage2Config((2,), (), queries="last", keep=(8,)),
                              SelectConfig("vscan", 24)),
+    # a shallower local-scan layer (the miniature's 4-layer tower needs one below its 2)
+    "vscan-shallow": ReductionConfig("t-vscan-shallow", select=SelectConfig("vscan", 24,
+                                                                            shallow_layer=1)),
     "dart": ReductionConfig("t-dart", None, DART),
 }
 
@@ -71,7 +74,8 @@ def reference_block(hf, pixels, select, row, batch):
     if select.method == "pool":
         return zoo_oracle.pool_tokens(proj[None], k)[0]
     if select.method == "vscan":
-        return zoo_oracle.vscan_stage1(attn, proj[None], k)["merged"][0]
+        return zoo_oracle.vscan_stage1(attn, proj[None], k,
+                                       shallow_layer=select.shallow_layer)["merged"][0]
     keep = np.asarray(random_select(jax.random.key(select.seed), batch, k, len(proj))["keep"])
     return proj[keep[row]]          # random: the seeded draw of this row (its own tests)
 
