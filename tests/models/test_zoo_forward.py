@@ -174,3 +174,12 @@ def test_handle_generation_starts_with_the_reduced_argmax(tiny, name):
     one = {k: v[1:] for k, v in batch.items()}
     alone = np.asarray(handle.generate_batch(one, max_new_tokens=3, reduction=red).tokens)
     np.testing.assert_array_equal(alone[0], tokens[1])
+
+
+def test_vscan_refuses_a_shallow_layer_not_below_the_deep_one(tiny):
+    hf, cfg, params = tiny
+    red = ReductionConfig("t-vscan-deep", select=SelectConfig("vscan", 24, shallow_layer=6))
+    ids, mask, pixels = mixed_batch(hf.config)
+    with pytest.raises(ValueError, match=r"select.shallow_layer=6 is not below the deep layer 6 "
+                                         r"of this 8-layer tower; give a lower one"):
+        LlavaModel(cfg).apply(params, ids, pixels, mask, reduction=red)
