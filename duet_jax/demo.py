@@ -8,7 +8,8 @@ numerical check of the real-size code path.
 2. The miniature reproduction: a LLaVA-shaped model with 576 visual tokens on a
    synthetic shapes/letters task, fine-tuned here (full tokens and with DUET)
    from the stage-0/1 checkpoint shipped in duet_jax/miniature/pretrained, then
-   evaluated unreduced, with DUET / VisionZip / PyramidDrop at 192/128/64 tokens
+   evaluated unreduced, with DUET / VisionZip / PyramidDrop at 192/128/64 tokens,
+   the zoo (DivPrune, DART, VisPruner, VScan, random, pool) at 64 tokens
    and with a blind control: the paper's Table 1/3 in miniature, a plot and
    kept-token pictures. `--no-miniature` skips it; `--from-scratch` retrains the
    shipped stages too (about 50 min on 2 cores).

@@ -55,10 +55,12 @@ def _abs(path: str) -> str:
     return os.path.abspath(path)
 
 
-def num_text_layers(checkpoint: str) -> int:
+def model_depths(checkpoint: str) -> Tuple[int, int]:
+    """(LM layers, vision-tower layers) of a checkpoint: what the presets scale to."""
     from duet_jax.models.config import LlavaConfig
     with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as f:
-        return LlavaConfig.from_hf(json.load(f)).text.num_hidden_layers
+        cfg = LlavaConfig.from_hf(json.load(f))
+    return cfg.text.num_hidden_layers, cfg.vision.num_hidden_layers
 
 
 def check_trained_reduction(config_path: str, budget: int, num_layers: int):
@@ -147,9 +149,11 @@ def train_all(cfg: PipelineConfig, data_dir: str, log) -> dict:
     return out
 
 
-def evaluate_all(cfg: PipelineConfig, data_dir: str, trained: dict, num_layers: int, log):
+def evaluate_all(cfg: PipelineConfig, data_dir: str, trained: dict, num_layers: int,
+                 vision_layers: int, log):
     eval_root = os.path.join(_abs(cfg.workdir), "eval")
-    table_presets = presets.inference_presets(num_layers, cfg.methods, cfg.budgets)
+    table_presets = presets.inference_presets(num_layers, vision_layers, cfg.methods,
+                                              cfg.budgets)
     configs = {"unreduced": None, evaluate.BLIND: None}
     for cfgs in table_presets.values():
         configs.update({c.name: c for _, c in cfgs if c is not None})
@@ -185,15 +189,16 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable[[str], None] = pri
     log(f"[1/4] synthetic data set ({cfg.data.train_images} training images) -> {data_dir}")
     generate(data_dir, cfg.data)
     trained = train_all(cfg, data_dir, log)
-    num_layers = num_text_layers(trained["finetune-full"]["final"])
+    num_layers, vision_layers = model_depths(trained["finetune-full"]["final"])
     log(f"[3/4] evaluation on the {cfg.split} split (eval.py's runner + official-rule scorers)")
     results, table_presets, duet_name, trained_name = evaluate_all(cfg, data_dir, trained,
-                                                                   num_layers, log)
+                                                                   num_layers, vision_layers, log)
     log("[4/4] tables")
     for method, cfgs in table_presets.items():
         for _, c in cfgs:
             log(f"  {presets.describe(c, num_layers)}" if c else f"  {method}: unreachable")
-    inference = report.inference_table(results, table_presets, "unreduced", num_layers)
+    inference = report.inference_table(results, table_presets, "unreduced", num_layers,
+                                       presets.table_notes(table_presets, num_layers))
     trained_tab = report.trained_table(results, "unreduced",
                                        presets.duet(cfg.trained_budget, num_layers).name,
                                        trained_name, cfg.trained_budget, trained)

@@ -68,8 +68,10 @@ def table(rows: List[dict], base: Dict[str, float], title: str, extra: str = "",
     return "\n".join(lines)
 
 
-def inference_table(results: dict, presets: dict, base_name: str, num_layers: int) -> str:
-    """Table 1 / 5 in miniature: every method at every budget on the baseline model."""
+def inference_table(results: dict, presets: dict, base_name: str, num_layers: int,
+                    notes: Sequence[str] = ()) -> str:
+    """Table 1 / 5 in miniature: every method at every budget on the baseline model;
+    `notes`: footnotes printed under it."""
     from duet_jax.reduction import average_visual_tokens
     base = results[base_name]
     rows = [{"method": "unreduced", "tokens": "576", "scores": base["scores"],
@@ -91,8 +93,9 @@ def inference_table(results: dict, presets: dict, base_name: str, num_layers: in
                 avg = average_visual_tokens(cfg, 576, num_layers)
                 rows.append({"method": method, "tokens": f"{avg:.0f}", "scores": r["scores"],
                              "extra": f"{base['seconds'] / r['seconds']:.2f}x"})
-    return table(rows, base["scores"], "Inference-only (paper Tables 1 + 5), baseline model:",
+    text = table(rows, base["scores"], "Inference-only (paper Tables 1 + 5), baseline model:",
                  extra="prefill", in_avg=grounded(results, base_name))
+    return "\n".join([text, *notes])
 
 
 def trained_table(results: dict, base_name: str, duet_name: str, trained_name: str,
@@ -130,7 +133,8 @@ def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     markers = {"VisionZip": "s", "PyramidDrop": "^", "DUET (vanilla)": "v", "DUET (C)": "D",
-               "DUET": "o"}
+               "DUET": "o", "DivPrune": "x", "DART": "<", "VisPruner": ">", "VScan": "p",
+               "random": "h", "pool": "8"}
     for method, cfgs in presets.items():
         pts = [(average_visual_tokens(c, 576, num_layers), rel(c.name))
                for _, c in cfgs if c is not None]

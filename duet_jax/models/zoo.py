@@ -8,7 +8,8 @@ projected patches:
 * VisPruner: penultimate-layer patches + that layer's CLS attention, selected
   before the projector (the projector acts per row, so projecting the kept
   rows equals gathering projected rows);
-* VScan stage 1: CLS attention of CLIP layers 5 and -2, merge in projector space;
+* VScan stage 1: CLS attention of CLIP layers ``select.shallow_layer`` (5) and -2,
+  merge in projector space;
 * DivPrune, random, pool: projector outputs;
 * CDPruner: projector outputs, CLIP ``visual_projection(post_layernorm(patches))``
   and the question's CLIP text embeddings (``zoo_inputs``, from the CLIP text
@@ -27,9 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from duet_jax.models.clip_text import image_embeds as clip_image_embeds
-from duet_jax.reduction import (SHALLOW_LAYER, at_least_float32 as _wide, cdpruner_select,
-                                divprune_select, pool_tokens, random_select, vispruner_select,
-                                vscan_select)
+from duet_jax.reduction import (at_least_float32 as _wide, cdpruner_select, divprune_select,
+                                pool_tokens, random_select, vispruner_select, vscan_select)
 
 
 def take_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
@@ -96,12 +96,15 @@ def select_image_tokens(model, params: dict, pixel_values: jax.Array, select,
                                 select.important_ratio)["keep"]
         return model.project(params, take_rows(feats, keep)), keep + 1
     if method == "vscan":
-        deep = cfg.vision.num_hidden_layers - 2
-        if not SHALLOW_LAYER < deep <= layer:
-            raise ValueError(f"vscan reads CLIP layers {SHALLOW_LAYER} and {deep}; this tower "
+        deep, shallow = cfg.vision.num_hidden_layers - 2, select.shallow_layer
+        if not deep <= layer:
+            raise ValueError(f"vscan reads CLIP layer {deep} (the second to last); this tower "
                              f"stops at layer {layer}")
+        if not shallow < deep:
+            raise ValueError(f"vscan's select.shallow_layer={shallow} is not below the deep "
+                             f"layer {deep} of this {deep + 2}-layer tower; give a lower one")
         out = vision.apply(params["vision"], pixel_values, stop_after=layer,
-                           probe_layer=(SHALLOW_LAYER, deep))
+                           probe_layer=(shallow, deep))
         projected = model.project(params, out.hidden[:, 1:])
         sel = vscan_select(_wide(out.probe[0].cls_attn), _wide(out.probe[1].cls_attn),
                            projected, k)

@@ -16,7 +16,7 @@ from typing import Optional
 from .controls import pool_side
 from .dart import dart_kept_count
 from .vispruner import vispruner_schedule
-from .vscan import vscan_counts
+from .vscan import SHALLOW_LAYER, vscan_counts
 
 SELECT_METHODS = ("divprune", "vispruner", "cdpruner", "vscan", "random", "pool")
 ZOO_METHODS = ("dart", *SELECT_METHODS)   # what a handle's `zoo_methods` names
@@ -46,6 +46,8 @@ class SelectConfig:
     random ``k``, pool ``k`` -> ``floor(sqrt(k))^2`` cells), or ``ratio`` of the
     patches (``int(round(ratio * N))``, DivPrune's ``SUBSET_RATIO``); give one.
     ``important_ratio``: VisPruner's share of important tokens. ``seed``: random's key.
+    ``shallow_layer``: the CLIP layer whose CLS attention drives VScan's local scan
+    (VScan's 5 of CLIP-L's 24; a shallower tower needs a lower one, docs/BASELINES.md §9).
     """
 
     method: str
@@ -53,6 +55,7 @@ class SelectConfig:
     ratio: Optional[float] = None
     important_ratio: float = 0.5
     seed: int = 0
+    shallow_layer: int = SHALLOW_LAYER
 
     def __post_init__(self):
         if self.method not in SELECT_METHODS:
@@ -70,6 +73,10 @@ class SelectConfig:
             raise ValueError(f"select.important_ratio={self.important_ratio!r} is outside (0, 1]")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"select.seed={self.seed!r} must be an int")
+        if (isinstance(self.shallow_layer, bool) or not isinstance(self.shallow_layer, int)
+                or self.shallow_layer < 0):
+            raise ValueError(f"select.shallow_layer={self.shallow_layer!r} is not a CLIP layer "
+                             "index; give an int >= 0 (VScan's is 5)")
 
     def count(self, num_patches: int) -> int:
         """The method's budget knob for ``num_patches`` patches (a Python int)."""

@@ -55,3 +55,19 @@ def test_plot_renders_when_no_benchmark_is_grounded(tmp_path):
 
 def test_relative_avg_of_the_baseline_is_100():
     assert report.relative_avg(BASE, BASE, ("gqa",)) == pytest.approx(100.0)
+
+
+def test_zoo_rows_show_their_average_and_the_notes_close_the_table():
+    from duet_jax.miniature import presets
+    table = presets.inference_presets(4, 4, ("DART", "pool"), (64,))
+    results = _results(BASE, BLIND_SCORES, REDUCED)
+    reduced = results.pop("r")
+    for rows in table.values():
+        results.update({cfg.name: reduced for _, cfg in rows})
+    text = report.inference_table(results, table, "unreduced", 4,
+                                  presets.table_notes(table, 4))
+    lines = text.splitlines()
+    assert [ln.split()[:2] for ln in lines[3:-3] if ln.startswith(("DART", "pool"))] == [
+        ["DART", "195"], ["pool", "64"]]       # (576 + 3 x 68) / 4; 8 x 8 cells
+    assert lines[-3].startswith("* within 10 points")
+    assert lines[-2].startswith("CDPruner is not in the table") and "DART" in lines[-1]

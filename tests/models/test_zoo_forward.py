@@ -29,6 +29,9 @@ REDUCTIONS = {   # 144 patches (12 x 12 grid), 8 CLIP layers, 4 LM layers
     "pool": ReductionConfig("t-pool", select=SelectConfig("pool", 20)),
     "vscan": ReductionConfig("t-vscan", None, Stage2Config((2,), (), queries="last", keep=(8,)),
                              SelectConfig("vscan", 24)),
+    # a shallower local-scan layer (the miniature's 4-layer tower needs one below its 2)
+    "vscan-shallow": ReductionConfig("t-vscan-shallow", select=SelectConfig("vscan", 24,
+                                                                            shallow_layer=1)),
     "dart": ReductionConfig("t-dart", None, DART),
 }
 
@@ -71,7 +74,8 @@ def reference_block(hf, pixels, select, row, batch):
     if select.method == "pool":
         return zoo_oracle.pool_tokens(proj[None], k)[0]
     if select.method == "vscan":
-        return zoo_oracle.vscan_stage1(attn, proj[None], k)["merged"][0]
+        return zoo_oracle.vscan_stage1(attn, proj[None], k,
+                                       shallow_layer=select.shallow_layer)["merged"][0]
     keep = np.asarray(random_select(jax.random.key(select.seed), batch, k, len(proj))["keep"])
     return proj[keep[row]]          # random: the seeded draw of this row (its own tests)
 
@@ -170,3 +174,12 @@ def test_handle_generation_starts_with_the_reduced_argmax(tiny, name):
     one = {k: v[1:] for k, v in batch.items()}
     alone = np.asarray(handle.generate_batch(one, max_new_tokens=3, reduction=red).tokens)
     np.testing.assert_array_equal(alone[0], tokens[1])
+
+
+def test_vscan_refuses_a_shallow_layer_not_below_the_deep_one(tiny):
+    hf, cfg, params = tiny
+    red = ReductionConfig("t-vscan-deep", select=SelectConfig("vscan", 24, shallow_layer=6))
+    ids, mask, pixels = mixed_batch(hf.config)
+    with pytest.raises(ValueError, match=r"select.shallow_layer=6 is not below the deep layer 6 "
+                                         r"of this 8-layer tower; give a lower one"):
+        LlavaModel(cfg).apply(params, ids, pixels, mask, reduction=red)

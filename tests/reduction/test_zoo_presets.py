@@ -152,6 +152,8 @@ def test_cdpruner_needs_a_clip_text_tower(budget):
      r"^llava15-vispruner-64: select.important_ratio=0.0 is outside \(0, 1\]"),
     ({"preset": "llava15-vispruner-64", "select": {"budget": 63}},
      r"^llava15-vispruner-64: VisPruner .* odd .*pick T or the ratio"),
+    ({"preset": "llava15-vscan-64", "select": {"shallow_layer": -1}},
+     r"^llava15-vscan-64: select.shallow_layer=-1 is not a CLIP layer index; give an int >= 0"),
     ({"preset": "llava15-vscan-64", "stage2": {"keep": [100]}},
      r"^llava15-vscan-64: stage2.keep=100 exceeds the 96 image tokens.*lower stage2.keep"),
     ({"preset": "llava15-dart-64", "stage2": {"keep": [70]}},

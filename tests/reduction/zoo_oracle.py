@@ -244,12 +244,13 @@ def cdpruner(features, image_embeds, text_embeds, T):
 #    llava_arch.py 142-293: token_merging, window_cls_selection, encode_images)
 
 
-def vscan_sample(attn_layers, proj, T, window=6):
-    """attn_layers [L, H, N] (one sample), proj [N, D]."""
+def vscan_sample(attn_layers, proj, T, window=6, shallow_layer=5):
+    """attn_layers [L, H, N] (one sample), proj [N, D]; the local scan reads
+    layer `shallow_layer` (VScan's 5), the global scan layer -2."""
     n = attn_layers.shape[-1]
     side = math.isqrt(n)
     g = side // window
-    shallow = [float(np.mean(attn_layers[5][:, p])) for p in range(n)]
+    shallow = [float(np.mean(attn_layers[shallow_layer][:, p])) for p in range(n)]
     deep = [float(np.mean(attn_layers[-2][:, p])) for p in range(n)]
     n_loc = int(T * 0.5)
     k_w = n_loc // (g * g)
@@ -289,10 +290,11 @@ def vscan_sample(attn_layers, proj, T, window=6):
             "merge_target": targets, "margin": margin}
 
 
-def vscan_stage1(cls_attn_layers, projected, T):
+def vscan_stage1(cls_attn_layers, projected, T, shallow_layer=5):
     attn = np.asarray(cls_attn_layers, np.float64)
     proj = np.asarray(projected, np.float64)
-    out = [vscan_sample(attn[:, b], proj[b], T) for b in range(proj.shape[0])]
+    out = [vscan_sample(attn[:, b], proj[b], T, shallow_layer=shallow_layer)
+           for b in range(proj.shape[0])]
     res = {key: np.array([o[key] for o in out]) for key in
            ("keep", "merged", "local", "global", "merge_target")}
     res["merge_target"] = res["merge_target"].reshape(len(out), -1)
