@@ -12,8 +12,8 @@ from typing import Optional
 
 from duet_jax.checkpoints import layouts
 from duet_jax.checkpoints.layouts import CLIP, HF, ORIGINAL
-from duet_jax.checkpoints.plan import (Family, Plan, check_complete, map_keys, plan_hf,
-                                       with_hf_defaults)
+from duet_jax.checkpoints.plan import (Family, Plan, check_complete, map_keys, parse_config,
+                                       plan_hf, with_hf_defaults)
 from duet_jax.checkpoints.reader import CheckpointError, find_weight_files, read_json
 from duet_jax.models.config import LlavaConfig
 
@@ -57,10 +57,7 @@ def _config_class(hf_config: dict):
 
 def llava_config(hf_config: dict) -> LlavaConfig:
     """LlavaConfig, or LlavaNextConfig for model_type 'llava_next'."""
-    try:
-        return _config_class(hf_config).from_hf(hf_config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json: {e}") from None
+    return parse_config(_config_class(hf_config), hf_config)
 
 
 def plan_llava(path: str, weights, raw: dict, vision_tower: Optional[str] = None) -> Plan:

@@ -12,10 +12,10 @@ read, and the config written says `vision_use_head: false`.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 from duet_jax.checkpoints import layouts
-from duet_jax.checkpoints.plan import Family, Layout, Rows, with_hf_defaults
-from duet_jax.checkpoints.reader import CheckpointError
+from duet_jax.checkpoints.plan import Family, Layout, Rows, parse_config, with_hf_defaults
 from duet_jax.models.onevision_layout import OnevisionConfig
 
 FORMAT = "duet_jax.llava_onevision"
@@ -87,12 +87,5 @@ def resolve_hf_config(d: dict) -> dict:
     return out
 
 
-def onevision_config(hf_config: dict) -> OnevisionConfig:
-    try:
-        return OnevisionConfig.from_hf(hf_config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json: {e}") from None
-
-
-FAMILY = Family("LLaVA-OneVision", FORMAT, MODEL_TYPES, layout=lambda cfg: HF, config=onevision_config,
-                shapes=leaf_shapes, resolve=resolve_hf_config, describe=layouts.hf_variant)
+FAMILY = Family("LLaVA-OneVision", FORMAT, MODEL_TYPES, layout=lambda cfg: HF,
+                config=partial(parse_config, OnevisionConfig), shapes=leaf_shapes, resolve=resolve_hf_config, describe=layouts.hf_variant)

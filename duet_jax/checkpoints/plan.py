@@ -208,6 +208,15 @@ class Family:
         return plan_hf(self, path, weights, raw)
 
 
+def parse_config(config_class, hf_config: dict):
+    """`config_class.from_hf(hf_config)`: our config of a resolved HF config dict, a bad
+    field as one CheckpointError line naming config.json."""
+    try:
+        return config_class.from_hf(hf_config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
+
+
 def plan_hf(family: Family, path: str, weights: WeightFiles, raw: dict) -> Plan:
     """Plan an HF directory of `family` (one weight source): config, keys, shapes, completeness."""
     hf_config = family.resolve(raw)

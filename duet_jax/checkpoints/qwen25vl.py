@@ -17,7 +17,7 @@ import os
 from duet_jax.checkpoints.orbax_io import (flatten_tree, is_converted, read_converted,
                                            restore_params)
 from duet_jax.checkpoints.plan import (Family, Flatten, Layout, Rows, Rule, export_entries,
-                                       read_params)
+                                       parse_config, read_params)
 from duet_jax.checkpoints.reader import (CheckpointError, check_dir, find_weight_files, read_json,
                                          write_safetensors)
 from duet_jax.models.qwen25vl import Qwen25VLConfig
@@ -99,11 +99,7 @@ def leaf_shapes(cfg: Qwen25VLConfig) -> dict:
     return shapes
 
 
-def config_from_hf(hf_config: dict) -> Qwen25VLConfig:
-    try:
-        return Qwen25VLConfig.from_hf(hf_config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json: {e}") from None
+config_from_hf = functools.partial(parse_config, Qwen25VLConfig)
 
 
 def qwen_config(path: str) -> Qwen25VLConfig:

@@ -19,11 +19,11 @@ Export writes the hub names of `LanguageBind/Video-LLaVA-7B-hf`
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 from duet_jax.checkpoints import layouts
 from duet_jax.checkpoints.layouts import IGNORED_BUFFERS, TABLE
-from duet_jax.checkpoints.plan import Family, Layout, Rule, with_hf_defaults
-from duet_jax.checkpoints.reader import CheckpointError
+from duet_jax.checkpoints.plan import Family, Layout, Rule, parse_config, with_hf_defaults
 from duet_jax.models.video_llava import VideoLlavaConfig
 
 FORMAT = "duet_jax.video_llava"
@@ -73,13 +73,6 @@ def resolve_hf_config(d: dict) -> dict:
     return with_hf_defaults(HFVideoLlavaConfig, d, "Video-LLaVA")
 
 
-def video_config(hf_config: dict) -> VideoLlavaConfig:
-    try:
-        return VideoLlavaConfig.from_hf(hf_config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json: {e}") from None
-
-
 FAMILY = Family("Video-LLaVA", FORMAT, ("video_llava",), layout=lambda cfg: VIDEO_HF,
-                config=video_config, shapes=leaf_shapes, resolve=resolve_hf_config,
+                config=partial(parse_config, VideoLlavaConfig), shapes=leaf_shapes, resolve=resolve_hf_config,
                 describe=lambda keys: "Video-LLaVA HF (image_tower.*, video_tower.*)")

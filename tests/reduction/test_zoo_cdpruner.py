@@ -6,7 +6,7 @@ import pytest
 
 from duet_jax.reduction import cdpruner_select
 from tests.reduction import zoo_oracle as ref
-from tests.reduction.zoo_cases import F32_GAP, MODES, run_mode, x64
+from tests.reduction.zoo_cases import F32_GAP, MODES, assert_indices_equal, run_mode, x64
 
 
 def _draw(seed, batch=2, n=48, d=32, p=8, m=2, dtype=np.float64):
@@ -16,10 +16,7 @@ def _draw(seed, batch=2, n=48, d=32, p=8, m=2, dtype=np.float64):
 
 
 def _check(out, want, rtol=1e-12):
-    for key in ("select_order", "keep"):
-        got = np.asarray(out[key])
-        assert got.dtype == np.int32, key
-        np.testing.assert_array_equal(got, want[key], err_msg=key)
+    assert_indices_equal(out, want, ("select_order", "keep"))
     np.testing.assert_allclose(out["relevance"], want["relevance"], rtol=rtol, atol=rtol)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from duet_jax.reduction import dart_kept_count, dart_select, dart_token_topk, pyset_order
 from tests.reduction import zoo_oracle as ref
-from tests.reduction.zoo_cases import F32_GAP, MODES, run_mode, x64
+from tests.reduction.zoo_cases import F32_GAP, MODES, assert_indices_equal, run_mode, x64
 
 SMALL = dict(image_start=5, n_image=64, n_pivot_image=4, n_pivot_text=4, token_topk=4)
 
@@ -44,10 +44,7 @@ def _draw(seed, seq=120, d=16, heads=2, hd=8, dtype=np.float64):
 
 
 def _check(out, want, p_total, topk):
-    for key in ("keep", "image_pivots", "text_pivots", "pivot_order", "picks"):
-        got = np.asarray(out[key])
-        assert got.dtype == np.int32, key
-        np.testing.assert_array_equal(got, want[key], err_msg=key)
+    assert_indices_equal(out, want, ("keep", "image_pivots", "text_pivots", "pivot_order", "picks"))
     assert out["picks"].shape == (p_total, topk)
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from duet_jax.reduction import vispruner_counts, vispruner_schedule, vispruner_select
 from tests.reduction import zoo_oracle as ref
-from tests.reduction.zoo_cases import F32_GAP, MODES, clustered, probabilities, run_mode, x64
+from tests.reduction.zoo_cases import (F32_GAP, MODES, assert_indices_equal, clustered,
+                                       probabilities, run_mode, x64)
 
 
 def _draw(seed, batch, n, c, heads=4, dtype=np.float64):
@@ -15,10 +16,7 @@ def _draw(seed, batch, n, c, heads=4, dtype=np.float64):
 
 
 def _check(out, want):
-    for key in ("important", "selected_order", "keep"):
-        got = np.asarray(out[key])
-        assert got.dtype == np.int32, key
-        np.testing.assert_array_equal(got, want[key], err_msg=key)
+    assert_indices_equal(out, want, ("important", "selected_order", "keep"))
 
 
 @pytest.mark.parametrize("mode", MODES)

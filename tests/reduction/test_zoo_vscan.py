@@ -5,7 +5,8 @@ import pytest
 
 from duet_jax.reduction import vscan_counts, vscan_stage1
 from tests.reduction import zoo_oracle as ref
-from tests.reduction.zoo_cases import F32_GAP, MODES, probabilities, run_mode, x64
+from tests.reduction.zoo_cases import (F32_GAP, MODES, assert_indices_equal, probabilities,
+                                       run_mode, x64)
 
 INDEX_KEYS = ("keep", "local", "global", "merge_target")
 
@@ -17,10 +18,7 @@ def _draw(seed, batch=2, n=576, d=16, layers=24, heads=4, dtype=np.float64):
 
 
 def _check(out, want, atol=1e-12):
-    for key in INDEX_KEYS:
-        got = np.asarray(out[key])
-        assert got.dtype == np.int32, key
-        np.testing.assert_array_equal(got, want[key], err_msg=key)
+    assert_indices_equal(out, want, INDEX_KEYS)
     np.testing.assert_allclose(out["merged"], want["merged"], atol=atol, rtol=atol)
 
 

@@ -41,3 +41,11 @@ def probabilities(rng, *shape, temperature=1.0):
     z = temperature * rng.normal(size=shape)
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def assert_indices_equal(out: dict, want: dict, keys) -> None:
+    """Each index output `key` of a selection is int32 and equal to the oracle's."""
+    for key in keys:
+        got = np.asarray(out[key])
+        assert got.dtype == np.int32, key
+        np.testing.assert_array_equal(got, want[key], err_msg=key)
