@@ -35,7 +35,8 @@ def attend(q, k, v, mask, scale: float, *, causal: bool):
 
 def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
     """`attend`'s math (float32 logits and softmax statistics, probabilities cast to v's
-    dtype for the value product) in `block`-row tiles, one sample at a time.
+    dtype for the value product) in `block`-row tiles, one sample at a time (batch 1:
+    `block` query rows against all their keys at once).
 
     `causal` asks for mask == causal & key-valid (what `causal_mask` builds): then the
     tiles above the diagonal are skipped, and each tile is masked by key validity (the
@@ -61,11 +62,9 @@ def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
             hi = min(t, lo + block)
             rows = (hi - lo) * g
             qb = qs[:, lo:hi].reshape(kv, rows, hd)
-            m = jnp.full((kv, rows), -jnp.inf, jnp.float32)
-            l = jnp.zeros((kv, rows), jnp.float32)
-            acc = jnp.zeros((kv, rows, hd), jnp.float32)
-            for klo in range(0, hi if causal else s, block):
-                khi = min(s, klo + block)
+            m = l = acc = None
+            for klo in range(0, hi if causal else s, key_block):
+                khi = min(hi if causal else s, klo + key_block)
                 logits = jnp.einsum("krd,ksd->krs", qb, ks[:, klo:khi],
                                     preferred_element_type=jnp.float32) * scale
                 if causal:      # key validity [1, S_b], and causality on the diagonal
@@ -77,18 +76,25 @@ def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
                 elif ms is not None:
                     allowed = jnp.repeat(ms[0, lo:hi, klo:khi], g, axis=0)     # [rows, S_b]
                     logits = jnp.where(allowed[None], logits, NEG)
-                m_new = jnp.maximum(m, logits.max(-1))
+                m_new = logits.max(-1) if m is None else jnp.maximum(m, logits.max(-1))
                 probs = jnp.exp(logits - m_new[..., None])
-                rescale = jnp.exp(m - m_new)
-                l = l * rescale + probs.sum(-1)
-                acc = acc * rescale[..., None] + jnp.einsum(
-                    "krs,ksd->krd", probs.astype(vs.dtype), vs[:, klo:khi],
-                    preferred_element_type=jnp.float32)
+                value = jnp.einsum("krs,ksd->krd", probs.astype(vs.dtype), vs[:, klo:khi],
+                                   preferred_element_type=jnp.float32)
+                if m is None:   # the first tile: nothing to rescale
+                    l, acc = probs.sum(-1), value
+                else:
+                    rescale = jnp.exp(m - m_new)
+                    l = l * rescale + probs.sum(-1)
+                    acc = acc * rescale[..., None] + value
                 m = m_new
             outs.append((acc / l[..., None]).reshape(kv, hi - lo, g, hd))
         out = jnp.concatenate(outs, axis=1)                                  # [KV, T, G, hd]
         return out.transpose(1, 0, 2, 3).reshape(t, h, hd).astype(q.dtype)
 
+    # One sample's [H, block, S] logits fit in cache, so batch 1 takes each query block's
+    # keys in one tile (a plain softmax): its gradient, which training at batch 1 takes,
+    # is about 1.4x cheaper than the online softmax's (bench/train_step.py --quick).
+    key_block = max(block, s) if b == 1 else block
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     if mask is not None:
         mask = jnp.broadcast_to(mask, (b, 1, t, s))
