@@ -5,9 +5,10 @@ has none: there every op runs over the whole tensor, so at batch 8 a layer's
 [B, H, T, S] logits (tens of MB at 640 rows) stream through memory several times
 (scale, mask, max, exp, sum, cast) and attention, not the matmuls, dominates the
 prefill. `blocked_attention` is the flash-attention schedule written in XLA ops
-instead: one sample at a time (`lax.map`), query blocks against key blocks with an
-online softmax, so each step's logits are a [H, block, block] tile that stays in
-cache; with `causal`, key blocks past a query block's last row are never computed.
+instead: query blocks of 128 rows, and where a block's logits for the whole batch would
+not fit in cache, one sample at a time (`lax.map`) against key blocks with an online
+softmax, so each step's logits are a [H, block, block] tile; with `causal`, key
+blocks past a query block's last row are never computed.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import jax.numpy as jnp
 
 # Block size (query and key rows) of the CPU attention; 0 turns it off. Read at trace time.
 CPU_ATTENTION_BLOCK = 128
+# A query block's logits for the whole batch up to this size stay in cache: the batch runs
+# at once with one key tile per query block (`blocked_attention`).
+CPU_LOGITS_BYTES = 4 << 20
 # The masked logit of jax.nn.dot_product_attention: finite, so a block whose keys are all
 # masked rescales to exactly 0 once a row meets a valid key (exp(NEG - m) underflows).
 NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -35,14 +39,17 @@ def attend(q, k, v, mask, scale: float, *, causal: bool):
 
 def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
     """`attend`'s math (float32 logits and softmax statistics, probabilities cast to v's
-    dtype for the value product) in `block`-row tiles, one sample at a time (batch 1:
-    `block` query rows against all their keys at once).
+    dtype for the value product) in `block` query rows at a time.
 
-    `causal` asks for mask == causal & key-valid (what `causal_mask` builds): then the
-    tiles above the diagonal are skipped, and each tile is masked by key validity (the
-    mask's last row, which sees every key) and, on the diagonal, by causality from
-    iotas: a [1, block] vector instead of a [block, block] slice of the mask. A query row whose keys are all masked
-    averages the values of the tiles it visits instead of all keys (dot_product_attention's
+    Two plans of the same loop: when a query block's logits for the whole batch,
+    [B, H, block, S], fit in `CPU_LOGITS_BYTES`, the batch runs at once and each query
+    block takes all its keys in one tile (a plain softmax, whose gradient is the cheap
+    one); above it, one sample at a time (`lax.map`) in `block` x `block` tiles with an
+    online softmax, so the working set stays a tile. `causal` asks for mask == causal &
+    key-valid (what `causal_mask` builds): tiles above the diagonal are skipped, and each
+    tile is masked by key validity (the mask's last row, which sees every key) and, on
+    the diagonal, by causality from iotas. A query row whose keys are all masked averages
+    the values of the tiles it visits instead of all keys (dot_product_attention's
     result); no caller has one (a right-padded row still sees its sample's first key)."""
     b, t, h, hd = q.shape
     s, kv = k.shape[1], k.shape[2]
@@ -51,35 +58,36 @@ def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
         raise ValueError(f"causal blocked attention needs its causal mask and as many keys as "
                          f"queries, got {t} queries and {s} keys")
 
-    def one_sample(qs, ks, vs, ms):
-        """[T, H, hd], [S, KV, hd] x2, [1, T, S] or None -> [T, H, hd]. Head-major here,
-        inside the loop (each sample's transposes stay in cache), query rows grouped per
-        KV head: a tile's two products are plain [KV] batched matmuls."""
-        qs = qs.reshape(t, kv, g, hd).transpose(1, 0, 2, 3)                 # [KV, T, G, hd]
-        ks, vs = ks.transpose(1, 0, 2), vs.transpose(1, 0, 2)              # [KV, S, hd]
+    def samples(qs, ks, vs, ms, key_block: int):
+        """[N, T, H, hd], [N, S, KV, hd] x2, [N, 1, T, S] or None -> [N, T, H, hd]. Head-
+        major here (per sample, inside the loop, the transposes stay in cache), query rows
+        grouped per KV head: a tile's two products are plain batched matmuls."""
+        n = qs.shape[0]
+        qs = qs.reshape(n, t, kv, g, hd).transpose(0, 2, 1, 3, 4)           # [N, KV, T, G, hd]
+        ks, vs = ks.transpose(0, 2, 1, 3), vs.transpose(0, 2, 1, 3)        # [N, KV, S, hd]
         outs = []
         for lo in range(0, t, block):
             hi = min(t, lo + block)
             rows = (hi - lo) * g
-            qb = qs[:, lo:hi].reshape(kv, rows, hd)
+            qb = qs[:, :, lo:hi].reshape(n, kv, rows, hd)
             m = l = acc = None
             for klo in range(0, hi if causal else s, key_block):
                 khi = min(hi if causal else s, klo + key_block)
-                logits = jnp.einsum("krd,ksd->krs", qb, ks[:, klo:khi],
+                logits = jnp.einsum("nkrd,nksd->nkrs", qb, ks[:, :, klo:khi],
                                     preferred_element_type=jnp.float32) * scale
-                if causal:      # key validity [1, S_b], and causality on the diagonal
-                    allowed = ms[0, -1:, klo:khi]
+                if causal:      # key validity [N, 1, S_b], and causality on the diagonal
+                    allowed = ms[:, 0, -1:, klo:khi]
                     if khi > lo:
                         query = lo + jnp.arange(rows)[:, None] // g
                         allowed = allowed & (query >= jnp.arange(klo, khi)[None])
-                    logits = jnp.where(allowed[None], logits, NEG)
-                elif ms is not None:
-                    allowed = jnp.repeat(ms[0, lo:hi, klo:khi], g, axis=0)     # [rows, S_b]
-                    logits = jnp.where(allowed[None], logits, NEG)
+                    logits = jnp.where(allowed[:, None], logits, NEG)
+                elif ms is not None:                                         # [N, rows, S_b]
+                    allowed = jnp.repeat(ms[:, 0, lo:hi, klo:khi], g, axis=1)
+                    logits = jnp.where(allowed[:, None], logits, NEG)
                 m_new = logits.max(-1) if m is None else jnp.maximum(m, logits.max(-1))
                 probs = jnp.exp(logits - m_new[..., None])
-                value = jnp.einsum("krs,ksd->krd", probs.astype(vs.dtype), vs[:, klo:khi],
-                                   preferred_element_type=jnp.float32)
+                value = jnp.einsum("nkrs,nksd->nkrd", probs.astype(vs.dtype),
+                                   vs[:, :, klo:khi], preferred_element_type=jnp.float32)
                 if m is None:   # the first tile: nothing to rescale
                     l, acc = probs.sum(-1), value
                 else:
@@ -87,19 +95,16 @@ def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
                     l = l * rescale + probs.sum(-1)
                     acc = acc * rescale[..., None] + value
                 m = m_new
-            outs.append((acc / l[..., None]).reshape(kv, hi - lo, g, hd))
-        out = jnp.concatenate(outs, axis=1)                                  # [KV, T, G, hd]
-        return out.transpose(1, 0, 2, 3).reshape(t, h, hd).astype(q.dtype)
+            outs.append((acc / l[..., None]).reshape(n, kv, hi - lo, g, hd))
+        out = jnp.concatenate(outs, axis=2)                               # [N, KV, T, G, hd]
+        return out.transpose(0, 2, 1, 3, 4).reshape(n, t, h, hd).astype(q.dtype)
 
-    # One sample's [H, block, S] logits fit in cache, so batch 1 takes each query block's
-    # keys in one tile (a plain softmax): its gradient, which training at batch 1 takes,
-    # is about 1.4x cheaper than the online softmax's (bench/train_step.py --quick).
-    key_block = max(block, s) if b == 1 else block
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     if mask is not None:
         mask = jnp.broadcast_to(mask, (b, 1, t, s))
-    if b == 1:       # no loop to pay for
-        return one_sample(q[0], k[0], v[0], None if mask is None else mask[0])[None]
+    fits = b * h * min(block, t) * s * 4 <= CPU_LOGITS_BYTES
+    if fits or b == 1:
+        return samples(q, k, v, mask, max(block, s) if fits else block)
     if mask is None:
-        return jax.lax.map(lambda x: one_sample(*x, None), (q, k, v))
-    return jax.lax.map(lambda x: one_sample(*x), (q, k, v, mask))
+        return jax.lax.map(lambda x: samples(*(a[None] for a in x), None, block)[0], (q, k, v))
+    return jax.lax.map(lambda x: samples(*(a[None] for a in x), block)[0], (q, k, v, mask))

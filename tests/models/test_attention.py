@@ -11,6 +11,16 @@ from duet_jax.models.attention import attend, blocked_attention
 from duet_jax.models.llama import causal_mask
 
 
+@pytest.fixture(params=["one key tile", "online tiles"])
+def plan(request, monkeypatch):
+    """Both plans of `blocked_attention`: the batch at once with one key tile per query
+    block (logits within CPU_LOGITS_BYTES), and per sample in online-softmax tiles."""
+    import duet_jax.models.attention as attention
+    big = request.param == "one key tile"
+    monkeypatch.setattr(attention, "CPU_LOGITS_BYTES", 1 << 40 if big else 0)
+    return request.param
+
+
 def _qkv(seed, b, t, h, kv, hd, dtype=jnp.float32, s=None):
     keys = jax.random.split(jax.random.key(seed), 3)
     q = jax.random.normal(keys[0], (b, t, h, hd)).astype(dtype)
@@ -26,7 +36,7 @@ def _reference(q, k, v, mask, scale):
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("block", [64, 128, 512])
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 2e-2)])
-def test_causal_tiles_equal_dot_product_attention(b, block, dtype, tol):
+def test_causal_tiles_equal_dot_product_attention(b, block, dtype, tol, plan):
     t, h, kv, hd = 300, 4, 2, 16
     q, k, v = _qkv(0, b, t, h, kv, hd, dtype)
     valid = jnp.arange(t)[None, :] < jnp.array([[t], [250]])[:b]   # sample 1: 50 padding rows
@@ -39,7 +49,7 @@ def test_causal_tiles_equal_dot_product_attention(b, block, dtype, tol):
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("masked", [False, True])
-def test_full_tiles_equal_dot_product_attention(batch, masked):
+def test_full_tiles_equal_dot_product_attention(batch, masked, plan):
     """The towers' case: every query sees every (valid) key; keys may outnumber queries
     (a prefill over a longer KV cache)."""
     t, s, h, hd = 200, 260, 4, 8
@@ -80,9 +90,8 @@ def test_causal_needs_square_masked_attention():
 
 
 @pytest.mark.parametrize("b", [1, 2])
-def test_tile_gradients_equal_dot_product_attention(b):
-    """Training runs the same path (remat included): its gradients must match too, in the
-    one-key-tile schedule of batch 1 and the online softmax of batch > 1."""
+def test_tile_gradients_equal_dot_product_attention(b, plan):
+    """Training runs the same path (remat included): its gradients must match too."""
     t, h, kv, hd = 200, 2, 1, 8
     q, k, v = _qkv(4, b, t, h, kv, hd)
     w = jax.random.normal(jax.random.key(5), (b, t, h, hd))
