@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.torch_peer import _vision_features, clip_tower, reduced_prefill, rope_qk
-from duet_jax.reduction import (DART_PIVOTS, SHALLOW_LAYER, dart_topk, random_select,
-                                zoo_method)
+from duet_jax.reduction import DART_PIVOTS, dart_topk, random_select, zoo_method
 from duet_jax.reduction.vscan import LOCAL_RATIO, WINDOW
 
 VISPRUNER_DROP = 8     # VisPruner's `min(8, R - T_div)` tokens a round
@@ -86,8 +85,8 @@ def vispruner_keep(features, cls_attn, T: int, important_ratio: float):
 
 
 def vscan_tokens(shallow_attn, deep_attn, projected, T: int):
-    """VScan stage 1 (docs/BASELINES.md §5): CLS attention [B, H, N] of CLIP layers 5
-    and -2, projector outputs [B, N, D] -> the merged kept rows [B, K, D] (ascending)."""
+    """VScan stage 1 (docs/BASELINES.md §5): CLS attention [B, H, N] of CLIP layers
+    `select.shallow_layer` (5) and -2, projector outputs [B, N, D] -> the merged kept rows [B, K, D] (ascending)."""
     b, n, d = projected.shape
     if T == n:                    # upstream returns the tower output untouched
         return projected
@@ -192,9 +191,9 @@ class ZooPeer:
             keep = vispruner_keep(feats, probed[feature_layer][0], k, select.important_ratio)
             return project(take_rows(feats, keep))
         if select.method == "vscan":
-            deep = hf.config.vision_config.num_hidden_layers - 2
-            out, probed = clip_tower(hf, pixel_values, feature_layer, (SHALLOW_LAYER, deep))
-            return vscan_tokens(probed[SHALLOW_LAYER][0], probed[deep][0], project(out[:, 1:]), k)
+            deep, shallow = hf.config.vision_config.num_hidden_layers - 2, select.shallow_layer
+            out, probed = clip_tower(hf, pixel_values, feature_layer, (shallow, deep))
+            return vscan_tokens(probed[shallow][0], probed[deep][0], project(out[:, 1:]), k)
         projected = project(_vision_features(hf, pixel_values, None, feature_layer))
         if select.method == "pool":
             return pool_rows(projected, k)
