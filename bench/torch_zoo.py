@@ -86,7 +86,8 @@ def vispruner_keep(features, cls_attn, T: int, important_ratio: float):
 
 def vscan_tokens(shallow_attn, deep_attn, projected, T: int):
     """VScan stage 1 (docs/BASELINES.md §5): CLS attention [B, H, N] of CLIP layers
-    `select.shallow_layer` (5) and -2, projector outputs [B, N, D] -> the merged kept rows [B, K, D] (ascending)."""
+    `select.shallow_layer` (5) and -2, projector outputs [B, N, D] -> the merged kept
+    rows [B, K, D] (ascending)."""
     b, n, d = projected.shape
     if T == n:                    # upstream returns the tower output untouched
         return projected

@@ -88,4 +88,5 @@ def resolve_hf_config(d: dict) -> dict:
 
 
 FAMILY = Family("LLaVA-OneVision", FORMAT, MODEL_TYPES, layout=lambda cfg: HF,
-                config=partial(parse_config, OnevisionConfig), shapes=leaf_shapes, resolve=resolve_hf_config, describe=layouts.hf_variant)
+                config=partial(parse_config, OnevisionConfig), shapes=leaf_shapes,
+                resolve=resolve_hf_config, describe=layouts.hf_variant)

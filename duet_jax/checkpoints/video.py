@@ -74,5 +74,6 @@ def resolve_hf_config(d: dict) -> dict:
 
 
 FAMILY = Family("Video-LLaVA", FORMAT, ("video_llava",), layout=lambda cfg: VIDEO_HF,
-                config=partial(parse_config, VideoLlavaConfig), shapes=leaf_shapes, resolve=resolve_hf_config,
+                config=partial(parse_config, VideoLlavaConfig), shapes=leaf_shapes,
+                resolve=resolve_hf_config,
                 describe=lambda keys: "Video-LLaVA HF (image_tower.*, video_tower.*)")

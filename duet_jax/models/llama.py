@@ -2,8 +2,8 @@
 
 RMSNorm, rotate-half RoPE (with HF's rope_scaling types), grouped-query
 attention through `duet_jax.models.attention.attend` (fused kernels on GPU
-builds, a blocked online softmax on CPU), SwiGLU MLP, optional tied embeddings. Layers are stacked and run by
-`lax.scan` over any static slice `[lo, hi)`, so callers (LLaVA with Stage 2)
+builds, query blocks on CPU), SwiGLU MLP, optional tied embeddings. Layers are
+stacked and run by `lax.scan` over any static slice `[lo, hi)`, so callers (LLaVA with Stage 2)
 can change the sequence between slices.
 """
 from __future__ import annotations
