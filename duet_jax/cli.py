@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from duet_jax.errors import InputError
 
@@ -58,6 +59,10 @@ def quiet_libraries() -> None:
     # orbax's serialization tasks that failed with the save are garbage-collected later and
     # asyncio logs each as "Task exception was never retrieved": the error is already ours.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    # The same tasks' coroutines that never started are reported when the interpreter exits
+    # ("coroutine ... was never awaited", plus a tracemalloc hint): noise after our line too.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                            category=RuntimeWarning)
     try:
         from absl import logging as absl_logging
 
