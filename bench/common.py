@@ -64,6 +64,34 @@ def anyres_prompts(module, num_image_tokens: int, image_size, crop: int, batch: 
     return jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32), pixels, images
 
 
+def time_anyres_presets(module, params, args, num_image_tokens: int, image_size, crop: int,
+                        image_at: int, peer=None):
+    """An AnyRes family's prefill timing: `anyres_prompts` of one image of `image_size`,
+    args.presets validated against its crops, every setting (and `peer`, a (name, factory)
+    pair whose factory(ids, pixels) gives a thunk) timed round-robin over args.repeats.
+    Returns (settings {name: reduction or None}, times {name: s}, avg_of, crops)."""
+    from duet_jax.models import anyres
+    from duet_jax.reduction import average_visual_tokens, get_preset
+
+    cfg = module.config
+    crops = anyres.num_crops(cfg, image_size)
+    ids, mask, pixels, images = anyres_prompts(module, num_image_tokens, image_size, crop,
+                                               args.batch, args.text_tokens, image_at)
+    settings = {"none": None, **{name: get_preset(name) for name in args.presets}}
+    for red in settings.values():
+        if red is not None:
+            red.validate(cfg.vision.num_patches, cfg.text.num_hidden_layers, crops=crops)
+    fns = {name: (lambda red=red: jax_prefill(module, params, ids, images, mask,
+                                              red).block_until_ready())
+           for name, red in settings.items()}
+    if peer is not None:
+        fns[peer[0]] = peer[1](ids, pixels)
+    times = time_round_robin(fns, repeats=args.repeats)
+    avg_of = lambda red: num_image_tokens if red is None else average_visual_tokens(
+        red, cfg.vision.num_patches, cfg.text.num_hidden_layers, crops)
+    return settings, times, avg_of, crops
+
+
 def speedup_rows(names, settings: dict, times: dict, flops_of, avg_of):
     """Per setting `name` (in `names`; `settings[name]` its reduction, None unreduced):
     median seconds, speedup over "none", FLOP bound (flops_of(None) / flops_of(red)) and

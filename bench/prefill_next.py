@@ -22,15 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 
-from bench.common import (anyres_prompts, family_arguments, jax_prefill, print_table,
-                          speedup_rows, time_round_robin, write_json)
+from bench.common import (family_arguments, print_table, speedup_rows, time_anyres_presets,
+                          write_json)
 from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models.anyres import LlavaNextConfig
 from duet_jax.models.config import TextConfig, VisionConfig
 from duet_jax.models.llava import unstack_params
 from duet_jax.models.llava_next import LlavaNextModel
-from duet_jax.reduction import average_visual_tokens, get_preset
 
 PRESETS = ["llavanext-duet-640", "llavanext-duet-320", "llavanext-duet-160"]
 IMAGE_AT, IMAGE_SIZE = 5, (672, 672)        # (H, W) original: the 2x2 grid
@@ -71,20 +70,9 @@ def main():
     module = LlavaNextModel(cfg)
     params = unstack_params(module.init(jax.random.key(0)))
     b, n = args.batch, anyres.num_image_tokens(cfg, IMAGE_SIZE)
-    crops = anyres.num_crops(cfg, IMAGE_SIZE)
-    ids, mask, _, images = anyres_prompts(module, n, IMAGE_SIZE, 336, b, args.text_tokens,
-                                          IMAGE_AT)
-    settings = {"none": None, **{name: get_preset(name) for name in args.presets}}
-    for red in settings.values():
-        if red is not None:
-            red.validate(cfg.vision.num_patches, cfg.text.num_hidden_layers, crops=crops)
-    fns = {name: (lambda red=red: jax_prefill(module, params, ids, images, mask,
-                                              red).block_until_ready())
-           for name, red in settings.items()}
-    times = time_round_robin(fns, repeats=args.repeats)
+    settings, times, avg_of, crops = time_anyres_presets(module, params, args, n, IMAGE_SIZE,
+                                                         336, IMAGE_AT)
     flops_of = lambda red: next_prefill_flops(cfg, IMAGE_SIZE, args.text_tokens, red)
-    avg_of = lambda red: n if red is None else average_visual_tokens(
-        red, cfg.vision.num_patches, cfg.text.num_hidden_layers, crops)
     results, rows = speedup_rows(settings, settings, times, flops_of, avg_of)
     results.update(gflops_unreduced=flops_of(None) / 1e9, image_tokens_unreduced=n)
     print(f"LLaVA-NeXT prefill, batch {b}, {crops} crops ({n} HF image tokens), "

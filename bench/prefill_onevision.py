@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
-from bench.common import (anyres_prompts, family_arguments, jax_prefill, print_table,
-                          speedup_rows, time_round_robin, write_json)
+from bench.common import (family_arguments, print_table, speedup_rows, time_anyres_presets,
+                          write_json)
 from bench.flops import _layer, lm_flops
 from duet_jax.models import anyres
 from duet_jax.models import onevision_layout as layout
@@ -36,7 +36,6 @@ from duet_jax.models.config import TextConfig, VisionConfig
 from duet_jax.models.llava import unstack_params
 from duet_jax.models.onevision import OnevisionModel
 from duet_jax.models.onevision_layout import OnevisionConfig
-from duet_jax.reduction import average_visual_tokens, get_preset
 
 PRESETS = ["llavaov-duet-810", "llavaov-duet-403", "llavaov-duet-203"]
 IMAGE_AT, IMAGE_SIZE, CROP = 5, (768, 768), 384
@@ -101,23 +100,13 @@ def main():
     module = OnevisionModel(cfg)
     params = unstack_params(module.init(jax.random.key(0)))
     b, n = args.batch, layout.num_image_tokens(cfg, IMAGE_SIZE)
-    crops = anyres.num_crops(cfg, IMAGE_SIZE)
-    jids, mask, pixels, images = anyres_prompts(module, n, IMAGE_SIZE, CROP, b,
-                                                args.text_tokens, IMAGE_AT)
-    settings = {"none": None, **{name: get_preset(name) for name in args.presets}}
-    for red in settings.values():
-        if red is not None:
-            red.validate(cfg.vision.num_patches, cfg.text.num_hidden_layers, crops=crops)
-    fns = {name: (lambda red=red: jax_prefill(module, params, jids, images, mask,
-                                              red).block_until_ready())
-           for name, red in settings.items()}
-    if not args.no_torch:
-        fns["torch (HF, unreduced)"] = torch_peer(cfg, jids, pixels, [IMAGE_SIZE] * b)
-    times = time_round_robin(fns, repeats=args.repeats)
+    peer = None if args.no_torch else (
+        "torch (HF, unreduced)", lambda ids, pixels: torch_peer(cfg, ids, pixels,
+                                                                [IMAGE_SIZE] * b))
+    settings, times, avg_of, crops = time_anyres_presets(module, params, args, n, IMAGE_SIZE,
+                                                         CROP, IMAGE_AT, peer)
     flops_of = lambda red: onevision_prefill_flops(cfg, IMAGE_SIZE, args.text_tokens, red)
-    avg_of = lambda red: n if red is None else average_visual_tokens(
-        red, cfg.vision.num_patches, cfg.text.num_hidden_layers, crops)
-    results, rows = speedup_rows(fns, settings, times, flops_of, avg_of)
+    results, rows = speedup_rows(times, settings, times, flops_of, avg_of)
     results.update(gflops_unreduced=flops_of(None) / 1e9, image_tokens_unreduced=n)
     print(f"LLaVA-OneVision prefill, batch {b}, {crops} crops ({n} HF image tokens), "
           f"{args.text_tokens} text tokens, {args.vision_layers} SigLIP / {args.text_layers} LM "

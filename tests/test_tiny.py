@@ -47,10 +47,10 @@ def test_layout_and_every_llava15_preset_fits(tiny):
 
 
 def test_transformers_and_duet_jax_agree(tiny):
-    import torch
     from transformers import LlavaForConditionalGeneration
 
     import duet_jax
+    from tests.helpers.tiny_hf import hf_logits
 
     ckpt = str(tiny / "llava-tiny")
     model = duet_jax.load_llava(ckpt)
@@ -59,10 +59,8 @@ def test_transformers_and_duet_jax_agree(tiny):
     ours = np.asarray(model.logits(batch["input_ids"], batch["pixel_values"],
                                    batch["attention_mask"]))
     hf = LlavaForConditionalGeneration.from_pretrained(ckpt).eval()
-    with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(np.asarray(batch["input_ids"])),
-                 pixel_values=torch.tensor(np.asarray(batch["pixel_values"])),
-                 attention_mask=torch.tensor(np.asarray(batch["attention_mask"]))).logits.numpy()
+    ref = hf_logits(hf, np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"]),
+                    pixel_values=batch["pixel_values"])
     assert ours.shape == ref.shape and np.abs(ours - ref).max() < 1e-4
     assert ref.std() > 0.1      # not a degenerate init
 

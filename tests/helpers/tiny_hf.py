@@ -57,6 +57,22 @@ def tiny_llava(seed=0, **kw) -> LlavaForConditionalGeneration:
     return perturbed(LlavaForConditionalGeneration, tiny_llava_config(**kw), seed)
 
 
+def hf_logits(hf, ids, mask, **media) -> np.ndarray:
+    """The HF model's logits [B, L, V] on numpy ids/mask [B, L] and `media` arrays
+    (pixel_values, image_sizes, pixel_values_videos, ...)."""
+    with torch.no_grad():
+        return hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                  **{k: torch.tensor(np.asarray(v)) for k, v in media.items()}).logits.numpy()
+
+
+def assert_valid_rows_close(logits, ref, mask, atol: float = 1e-4) -> None:
+    """Our logits [B, L, V] equal the reference's on every valid row of mask [B, L]
+    (padding rows are free: HF and we fill them differently)."""
+    valid = np.asarray(mask).astype(bool)
+    assert logits.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=atol, rtol=0)
+
+
 def hf_greedy_per_sample(hf, ids, mask, max_new_tokens: int, **media) -> np.ndarray:
     """HF `generate`, greedy, `max_new_tokens` (EOS neither stops nor is suppressed, as
     our decode with eos_id=-1), run on each

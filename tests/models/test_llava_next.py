@@ -5,12 +5,12 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 import jax
 
 from duet_jax.models import anyres
 from duet_jax.models.llava_next import LlavaNextModel, NextImages
-from tests.helpers.tiny_hf import hf_greedy_per_sample, jax_params
+from tests.helpers.tiny_hf import (assert_valid_rows_close, hf_greedy_per_sample, hf_logits,
+                                   jax_params)
 from tests.helpers.tiny_next import (SIZES, hf_image_token_counts, next_batch, tiny_llava_next)
 
 
@@ -37,16 +37,12 @@ def test_counts_and_packed_features_match_hf():
 def test_logits_match_torch(kw):
     hf, cfg, params = _setup(**kw)
     ids, mask, pixels, sizes = next_batch(hf, SIZES[:3], (9, 14, 5), seed=1)
-    with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
-                 image_sizes=torch.tensor(sizes), attention_mask=torch.tensor(mask)).logits.numpy()
+    ref = hf_logits(hf, ids, mask, pixel_values=pixels, image_sizes=sizes)
     model, images = LlavaNextModel(cfg), NextImages(pixels, sizes)
     model.check_inputs(ids, images)
     logits, seq = jax.jit(model.apply)(params, ids, images, mask)
-    valid = mask.astype(bool)
-    assert logits.shape == ref.shape
-    np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(np.asarray(seq.valid), valid)
+    assert_valid_rows_close(logits, ref, mask)
+    np.testing.assert_array_equal(np.asarray(seq.valid), mask.astype(bool))
 
 
 def test_greedy_decode_matches_torch():

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 from duet_jax.models.config import LlavaConfig
 from duet_jax.models.llava import LlavaModel
-from tests.helpers.tiny_hf import jax_params, tiny_llava, llava_batch
+from tests.helpers.tiny_hf import (assert_valid_rows_close, hf_logits, jax_params, llava_batch,
+                                   tiny_llava)
 
 CASES = {
     "gqa-56-default": dict(kv_heads=2),
@@ -34,14 +35,10 @@ def _setup(kw):
 def test_llava_logits_match_torch(name):
     hf, cfg, params = _setup(CASES[name])
     ids, mask, pixels = llava_batch(hf.config, text_lengths=(24, 11))
-    with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
-                 attention_mask=torch.tensor(mask)).logits.numpy()
+    ref = hf_logits(hf, ids, mask, pixel_values=pixels)
     logits, seq = jax.jit(LlavaModel(cfg).apply)(params, ids, pixels, mask)
-    valid = mask.astype(bool)
-    assert logits.shape == ref.shape
-    np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(np.asarray(seq.valid), valid)
+    assert_valid_rows_close(logits, ref, mask)
+    np.testing.assert_array_equal(np.asarray(seq.valid), mask.astype(bool))
 
 
 def test_clip_hidden_states_and_probe_match_torch():

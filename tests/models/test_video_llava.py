@@ -13,6 +13,7 @@ from duet_jax.generation.decode import generate_tokens
 from duet_jax.models.video_llava import VideoLlavaModel, view_params
 from duet_jax.reduction import (ReductionConfig, Stage1Config, Stage2Config, average_visual_tokens,
                                 get_preset)
+from tests.helpers.tiny_hf import assert_valid_rows_close, hf_logits
 from tests.helpers.tiny_video import jax_video_params, tiny_video_llava, video_batch
 from tests.models.test_reduced_forward import _reference
 from tests.reduction import oracle
@@ -24,9 +25,9 @@ def _setup(**kw):
     return (hf, *jax_video_params(hf))
 
 
-def _torch_kwargs(media, pixels):
-    key = "pixel_values" if media == "image" else "pixel_values_videos"
-    return {key: torch.tensor(pixels)}
+def _media_key(media: str) -> str:
+    """The HF (and our) keyword of an image or a video batch."""
+    return "pixel_values" if media == "image" else "pixel_values_videos"
 
 
 CASES = {"gqa-default": {}, "mha-full": dict(kv_heads=4, select="full"),
@@ -38,17 +39,12 @@ CASES = {"gqa-default": {}, "mha-full": dict(kv_heads=4, select="full"),
 def test_logits_match_torch(case, media):
     hf, cfg, params = _setup(**CASES[case])
     ids, mask, pixels = video_batch(hf.config, media, text_lengths=(16, 9))
-    with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 **_torch_kwargs(media, pixels)).logits.numpy()
+    ref = hf_logits(hf, ids, mask, **{_media_key(media): pixels})
     model = VideoLlavaModel(cfg)
-    logits, seq = jax.jit(model.apply)(
-        params, ids, attention_mask=mask, **({"pixel_values": pixels} if media == "image"
-                                             else {"pixel_values_videos": pixels}))
-    valid = mask.astype(bool)
-    assert logits.shape == ref.shape
-    np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(np.asarray(seq.valid), valid)
+    logits, seq = jax.jit(model.apply)(params, ids, attention_mask=mask,
+                                       **{_media_key(media): pixels})
+    assert_valid_rows_close(logits, ref, mask)
+    np.testing.assert_array_equal(np.asarray(seq.valid), mask.astype(bool))
 
 
 def test_video_block_keeps_every_frames_cls_row():
@@ -83,7 +79,7 @@ def test_greedy_decode_matches_hf_generate(media):
     with torch.no_grad():
         ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                           max_new_tokens=6, do_sample=False, pad_token_id=0,
-                          eos_token_id=None, **_torch_kwargs(media, pixels))
+                          eos_token_id=None, **{_media_key(media): torch.tensor(pixels)})
     ref = ref[:, ids.shape[1]:].numpy()
     view = VideoLlavaModel(cfg).view(media)
     out = generate_tokens(view, view_params(params, media), ids, pixels, mask,
