@@ -35,7 +35,12 @@ from duet_jax.models.qwen25vl_reduced import reduced_forward
 
 
 class SegmentCache(NamedTuple):
-    k: jax.Array              # [n_layers, B, L_s + T, KV, hd]
+    """With stacked layer params k/v are stacked, [n_layers, B, L_s + T, KV, hd]; with
+    per-layer params (the inference layout) they are tuples of n_layers [B, L_s + T, KV,
+    hd], each its own buffer in the decode loop's carry, written in place at each step
+    (a stacked cache is rewritten whole at every step: at batch 8 and 640 rows that copy,
+    not the matmuls, was most of a decode step)."""
+    k: jax.Array              # [n_layers, B, L_s + T, KV, hd], or n_layers x [B, L_s + T, KV, hd]
     v: jax.Array
     prefill_valid: jax.Array  # [B, L_s] bool
     base_position: jax.Array  # [B] int32 position of decode step 0
@@ -57,10 +62,13 @@ def last_token_logits(text, text_params: dict, hidden, valid) -> jax.Array:
     return text.head(text_params, h_last)[:, 0]
 
 
-def segment_caches(segments, base_positions, max_new_tokens: int) -> tuple:
+def segment_caches(segments, base_positions, max_new_tokens: int, per_layer: bool) -> tuple:
     """Prefill `Segment`s (with kv) + base positions [B] per segment -> SegmentCaches
-    with `max_new_tokens` free slots."""
-    pad = lambda kv: jnp.pad(kv, ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)))
+    with `max_new_tokens` free slots, per layer or stacked (`SegmentCache`)."""
+    def pad(kv):
+        kv = jnp.pad(kv, ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)))
+        return tuple(kv[i] for i in range(kv.shape[0])) if per_layer else kv
+
     return tuple(SegmentCache(pad(seg.kv[0]), pad(seg.kv[1]), seg.valid,
                               base.astype(jnp.int32))
                  for seg, base in zip(segments, base_positions))
@@ -77,7 +85,7 @@ def decode_step(text, text_params: dict, tokens: jax.Array, caches: tuple, bound
     new_caches = []
     for (lo, hi), c, seg_layers in zip(bounds, caches, layers):
         prefill_len = c.prefill_valid.shape[1]
-        steps = c.k.shape[2] - prefill_len
+        steps = jax.tree.leaves(c.k)[0].shape[-3] - prefill_len
         written = jnp.arange(steps)[None, :] <= t
         cache_valid = jnp.concatenate(
             [c.prefill_valid, jnp.broadcast_to(written, (tokens.shape[0], steps))], axis=1)
@@ -160,7 +168,8 @@ def generate_tokens(model: LlavaModel, params: dict, input_ids, pixel_values, at
                       and reduction.stage2.positions == "keep")
     first_len = fwd.segments[0].valid.sum(1)
     bases = [first_len if keep_positions else seg.valid.sum(1) for seg in fwd.segments]
-    caches = segment_caches(fwd.segments, bases, max_new_tokens)
+    caches = segment_caches(fwd.segments, bases, max_new_tokens,
+                            isinstance(params["text"]["layers"], tuple))
     bounds = tuple((seg.lo, seg.hi) for seg in fwd.segments)
     tokens, lengths, seen = decode(
         model.text, params["text"], logits, caches, bounds, max_new_tokens=max_new_tokens,
@@ -183,7 +192,8 @@ def generate_qwen(model: Qwen25VLModel, params, input_ids, pixel_values, grids: 
                           attention_mask, reduction, return_kv=True)
     text = model.text
     logits = last_token_logits(text, params["text"], fwd.hidden, fwd.valid)
-    caches = segment_caches(fwd.segments, [next_position] * len(fwd.segments), max_new_tokens)
+    caches = segment_caches(fwd.segments, [next_position] * len(fwd.segments), max_new_tokens,
+                            isinstance(params["text"]["layers"], tuple))
     bounds = tuple((seg.lo, seg.hi) for seg in fwd.segments)
     tokens, lengths, seen = decode(
         text, params["text"], logits, caches, bounds, max_new_tokens=max_new_tokens,

@@ -69,14 +69,17 @@ def unstack_layers(stacked: dict, *, donate: bool = False) -> tuple:
                  for i in range(num_layers))
 
 
-def run_stack(body, carry, layers, xs=()):
+def run_stack(body, carry, layers, xs=(), *, stack: bool = True):
     """`lax.scan(body, carry, (layers, *xs))` for stacked layers; for a tuple the same
-    loop unrolled, with each layer's slice of `xs` and the outputs stacked like scan's."""
+    loop unrolled, with each layer's entry `x[i]` of `xs` (stacked arrays or per-layer
+    tuples) and the outputs stacked like scan's, or with `stack=False` kept as
+    per-layer tuples (each output leaf a tuple of the layers' values)."""
     if not isinstance(layers, tuple):
         return jax.lax.scan(body, carry, (layers, *xs) if xs else layers)
     outs = []
     for i, p in enumerate(layers):
         carry, out = body(carry, (p, *(x[i] for x in xs)) if xs else p)
         outs.append(out)
-    return carry, jax.tree.map(lambda *o: jnp.stack(o), *outs) if outs else None
+    combine = (lambda *o: jnp.stack(o)) if stack else (lambda *o: o)
+    return carry, jax.tree.map(combine, *outs) if outs else None
 

@@ -171,7 +171,8 @@ class LlamaModel:
         """One cached step through layers `lo..hi-1`.
 
         h [B, T, D] new tokens, positions [B, T], cache_valid [B, S] (1 = slot holds a real
-        key, the new slots included), caches (k, v) each [hi-lo, B, S, KV, hd].
+        key, the new slots included), caches (k, v) each [hi-lo, B, S, KV, hd], or each a
+        tuple of hi-lo [B, S, KV, hd] (per-layer params; returned in the same form).
         `layers`: the already-sliced stacked params of `lo..hi-1` (slice once, outside a
         decode loop); default: sliced from `params` here.
         Returns (h, updated caches).
@@ -183,17 +184,19 @@ class LlamaModel:
         mask = ((slot <= query_slot) & cache_valid.astype(bool)[:, None, :])[:, None]
         layer = self._layer()
 
-        # Each layer's cache goes in as a scan input and comes out rewritten as a scan
-        # output: one linear pass over the caches per step. (Carrying the stacked caches
-        # and updating them in place made XLA:CPU copy the whole stack at every layer,
-        # a cost quadratic in depth.)
+        # Stacked: each layer's cache goes in as a scan input and comes out rewritten as a
+        # scan output, one linear pass over the caches per step. (Carrying the stacked
+        # caches and updating them in place made XLA:CPU copy the whole stack at every
+        # layer, a cost quadratic in depth.) Per layer: each cache is its own buffer of
+        # the decode loop's carry and only its new slots are written.
         def body(x, inputs):
             p, ck, cv = inputs
             x, (k, v) = layer.apply({"params": p}, x, cos, sin, mask, (ck, cv), cache_index)
             return x, (k, v)
 
         layers = slice_layers(params["layers"], lo, hi) if layers is None else layers
-        h, (k_all, v_all) = run_stack(body, h, layers, caches)
+        h, (k_all, v_all) = run_stack(body, h, layers, caches,
+                                      stack=not isinstance(caches[0], tuple))
         return h, (k_all, v_all)
 
     def stage2_scores(self, layer_params: dict, hidden, positions, valid, query_mask, image_start,
