@@ -4,11 +4,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import duet_jax
 from duet_jax.sharding import make_mesh
-from tests.helpers.tiny_hf import llava_batch, tiny_llava
+from tests.helpers.tiny_hf import assert_valid_rows_close, hf_logits, llava_batch, tiny_llava
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +21,14 @@ def hf_dir(tmp_path_factory):
 def test_load_hf_and_converted_give_torch_logits(hf_dir, tmp_path):
     hf, d = hf_dir
     ids, mask, pixels = llava_batch(hf.config, text_lengths=(10, 4))
-    with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
-                 attention_mask=torch.tensor(mask)).logits.numpy()
+    ref = hf_logits(hf, ids, mask, pixel_values=pixels)
     out = str(tmp_path / "conv")
     subprocess.run([sys.executable, "-m", "convert", "--src", d, "--dst", out], check=True,
                    capture_output=True)
-    valid = mask.astype(bool)
     for path in (d, out):
         model = duet_jax.load_llava(path)
-        logits = np.asarray(model.logits(ids, pixels, attention_mask=mask))
-        np.testing.assert_allclose(logits[valid], ref[valid], atol=1e-4, rtol=0)
+        assert_valid_rows_close(np.asarray(model.logits(ids, pixels, attention_mask=mask)),
+                                ref, mask)
 
 
 def test_preset_by_name_and_clear_errors(hf_dir):
