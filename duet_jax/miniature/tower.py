@@ -102,13 +102,23 @@ def init_heads(key, width: int) -> dict:
             "present": w(k3, IMAGE_LABELS)}
 
 
-def losses(tower, feature_layer: int, params: dict, batch: dict) -> tuple:
-    """(total loss, metrics) of the two objectives."""
-    out = tower.apply(params["vision"], batch["pixels"], output_hidden_states=True)
-    feats = out.hidden_states[feature_layer + 1][:, 1:]              # [B, N, D]
-    # Parameter-free layer norm: the heads read the features as the projector's input.
-    feats = (feats - feats.mean(-1, keepdims=True)) * jax.lax.rsqrt(
+def normalized_patches(out, layer: int) -> jax.Array:
+    """[B, N, D] patch rows (CLS dropped) of hidden state `layer` of a tower output, layer-
+    normalised without parameters: what the heads (and the probes) read as the projector's input."""
+    feats = out.hidden_states[layer + 1][:, 1:]
+    return (feats - feats.mean(-1, keepdims=True)) * jax.lax.rsqrt(
         feats.var(-1, keepdims=True) + 1e-5)
+
+
+def feature_layer(tower, layer: int, vision_params: dict, pixels: jax.Array) -> jax.Array:
+    """[B, N, D] `normalized_patches` of the tower's feature layer for pixels [B, C, H, W]."""
+    return normalized_patches(tower.apply(vision_params, pixels, output_hidden_states=True), layer)
+
+
+def losses(tower, layer: int, params: dict, batch: dict) -> tuple:
+    """(total loss, metrics) of the two objectives; `layer`: the feature layer's index."""
+    out = tower.apply(params["vision"], batch["pixels"], output_hidden_states=True)
+    feats = normalized_patches(out, layer)                            # [B, N, D]
     weight = jnp.where(batch["kind"] > 0, OBJECT_WEIGHT, 1.0)
     dense = 0.0
     accs = {}
@@ -119,6 +129,11 @@ def losses(tower, feature_layer: int, params: dict, batch: dict) -> tuple:
         obj = batch["kind"] > 0
         hits = (logits.argmax(-1) == batch[name]) * obj
         accs[f"{name}_acc"] = jnp.sum(hits) / jnp.maximum(obj.sum(), 1)
+    # Letter identity alone: what TextVQA and POPE's letter questions need, and the part of
+    # kind_acc a tower learns last (the shapes' fill patterns give them away patch by patch).
+    letters = batch["kind"] > len(SHAPES)
+    letter_hits = ((feats @ params["heads"]["kind"]).argmax(-1) == batch["kind"]) * letters
+    accs["letter_acc"] = jnp.sum(letter_hits) / jnp.maximum(letters.sum(), 1)
     image_logits = out.pooled @ params["heads"]["present"]
     bce = optax.sigmoid_binary_cross_entropy(image_logits, batch["present"]).mean()
     accs["present_acc"] = jnp.mean((image_logits > 0) == (batch["present"] > 0.5))
@@ -177,7 +192,7 @@ def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
             f.flush()
             if (s + 1) % 50 == 0 or s + 1 == tcfg.steps:
                 log(f"  tower step {s + 1}/{tcfg.steps}: loss {m['loss']:.3f}, patch colour acc "
-                    f"{m['colour_acc']:.2f}, kind acc {m['kind_acc']:.2f}, image-label acc "
+                    f"{m['colour_acc']:.2f}, kind acc {m['kind_acc']:.2f} (letters {m['letter_acc']:.2f}), image-label acc "
                     f"{m['present_acc']:.3f} ({time.perf_counter() - t0:.0f} s)")
     params["vision"] = train["vision"]
     final, _ = export_trained(params, model_cfg, assets, out_dir, None)

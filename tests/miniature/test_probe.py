@@ -1,0 +1,77 @@
+"""The tower probes (duet_jax/miniature/probe.py): the regression is checked on data whose
+answer is known, the features and labels against the tower and the drawing, the command's
+bad input gets one line."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import duet_jax
+from duet_jax.miniature import probe
+from duet_jax.miniature.pipeline import SHIPPED
+from duet_jax.miniature.scenes import make_scene
+from duet_jax.miniature.tower import patch_labels
+
+
+def _blobs(seed: int, n: int, classes: int, dim: int = 6, spread: float = 0.3):
+    rng = np.random.default_rng(seed)
+    centres = 3.0 * np.eye(classes, dim)
+    y = rng.integers(0, classes, n)
+    return (centres[y] + spread * rng.standard_normal((n, dim))).astype(np.float32), y
+
+
+def test_probe_separates_what_the_features_carry_and_not_what_they_do_not():
+    xa, ya = _blobs(0, 600, 4)
+    xb, yb = _blobs(1, 300, 4)
+    w = probe.fit_probe(xa, ya, 4)
+    assert w.shape == (7, 4)
+    assert probe.probe_accuracy(w, xb, yb) > 0.98
+    # The same features with labels drawn independently of them: held-out accuracy stays
+    # near chance (0.25 with four balanced classes), far from the separable case.
+    rng = np.random.default_rng(2)
+    w = probe.fit_probe(xa, rng.integers(0, 4, len(xa)), 4)
+    assert probe.probe_accuracy(w, xb, rng.integers(0, 4, len(xb))) < 0.4
+    # Deterministic: the same data give the same probe.
+    np.testing.assert_array_equal(probe.fit_probe(xa, ya, 4), probe.fit_probe(xa, ya, 4))
+
+
+def test_chance_is_the_most_frequent_class():
+    assert probe.chance(np.array([0, 2, 2, 1, 2])) == pytest.approx(0.6)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return duet_jax.load_llava(SHIPPED, dtype="float32")
+
+
+def test_patch_features_are_the_feature_layer_with_the_drawings_labels(shipped):
+    x, colour, kind = probe.patch_features(shipped, "train", 3, batch=2)
+    n = shipped.config.vision.num_patches
+    assert x.shape == (3 * n, shipped.config.vision.hidden_size)
+    # Parameter-free layer norm over the features of each patch.
+    np.testing.assert_allclose(x.mean(-1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(x.var(-1), 1.0, atol=1e-3)
+    labels = [patch_labels(make_scene(0, "train", i)[1], 4) for i in range(3)]
+    np.testing.assert_array_equal(colour, np.concatenate([c for c, _ in labels]))
+    np.testing.assert_array_equal(kind, np.concatenate([k for _, k in labels]))
+
+
+def test_shipped_tower_carries_colour_and_shape(shipped):
+    # The shipped miniature answers GQA's colour and shape questions from the picture
+    # (README), so its features must carry both, far above chance.
+    scores = probe.probe_model(shipped, train_scenes=96, test_scenes=48)
+    assert set(scores) == {"colour", "shape", "letter"}
+    for name in ("colour", "shape"):
+        assert scores[name]["test"] > 0.9 > scores[name]["chance"] + 0.2, (name, scores[name])
+    assert all(s["patches"] > 0 for s in scores.values())
+    assert "letter" in probe.format_probes(scores)
+
+
+def test_command_bad_input_gets_one_line(tmp_path, capsys):
+    assert probe.main([str(tmp_path / "missing")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "missing" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        probe.main([SHIPPED, "--test-scenes", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --test-scenes must be at least 1")
