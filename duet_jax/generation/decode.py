@@ -62,9 +62,13 @@ def last_token_logits(text, text_params: dict, hidden, valid) -> jax.Array:
     return text.head(text_params, h_last)[:, 0]
 
 
-def segment_caches(segments, base_positions, max_new_tokens: int, per_layer: bool) -> tuple:
+def segment_caches(segments, base_positions, max_new_tokens: int, text_layers) -> tuple:
     """Prefill `Segment`s (with kv) + base positions [B] per segment -> SegmentCaches
-    with `max_new_tokens` free slots, per layer or stacked (`SegmentCache`)."""
+    with `max_new_tokens` free slots (`SegmentCache`): one buffer per layer where the LM's
+    layer params `text_layers` are per layer (a tuple, the inference layout), so a decode
+    step writes each layer's new slot in place; stacked where they are stacked."""
+    per_layer = isinstance(text_layers, tuple)
+
     def pad(kv):
         kv = jnp.pad(kv, ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)))
         return tuple(kv[i] for i in range(kv.shape[0])) if per_layer else kv
@@ -168,8 +172,7 @@ def generate_tokens(model: LlavaModel, params: dict, input_ids, pixel_values, at
                       and reduction.stage2.positions == "keep")
     first_len = fwd.segments[0].valid.sum(1)
     bases = [first_len if keep_positions else seg.valid.sum(1) for seg in fwd.segments]
-    caches = segment_caches(fwd.segments, bases, max_new_tokens,
-                            isinstance(params["text"]["layers"], tuple))
+    caches = segment_caches(fwd.segments, bases, max_new_tokens, params["text"]["layers"])
     bounds = tuple((seg.lo, seg.hi) for seg in fwd.segments)
     tokens, lengths, seen = decode(
         model.text, params["text"], logits, caches, bounds, max_new_tokens=max_new_tokens,
@@ -193,7 +196,7 @@ def generate_qwen(model: Qwen25VLModel, params, input_ids, pixel_values, grids: 
     text = model.text
     logits = last_token_logits(text, params["text"], fwd.hidden, fwd.valid)
     caches = segment_caches(fwd.segments, [next_position] * len(fwd.segments), max_new_tokens,
-                            isinstance(params["text"]["layers"], tuple))
+                            params["text"]["layers"])
     bounds = tuple((seg.lo, seg.hi) for seg in fwd.segments)
     tokens, lengths, seen = decode(
         text, params["text"], logits, caches, bounds, max_new_tokens=max_new_tokens,
