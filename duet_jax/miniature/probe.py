@@ -11,7 +11,9 @@ the patches of training scenes, scored on scenes of a held-out stream, for
 * colour: the patches of objects (5-way),
 * shape identity: the patches of shapes (4-way),
 * letter identity: the patches of letters (8-way), what TextVQA and the
-  letter questions of POPE need.
+  letter questions of POPE need,
+* letter identity from each letter's mean feature (its patches pooled): what
+  an LM head attending evenly to a letter's patches would read.
 
 Each score comes with its chance level (the most frequent class of the test
 patches). A tower change is worth the LM stages only where it moves these.
@@ -36,9 +38,10 @@ HELD_OUT = "probe"          # the scene stream the probes are scored on (no spli
 
 
 def patch_features(model, split: str, count: int, seed: int = 0,
-                   batch: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features [P, D], colour [P], kind [P]) over every patch of scenes 0..count-1 of
-    `split`: the feature layer the projector reads, layer-normalised without parameters."""
+                   batch: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features [P, D], colour [P], kind [P], scene [P]) over every patch of scenes
+    0..count-1 of `split`: the feature layer the projector reads, layer-normalised without
+    parameters, each patch's labels (`tower.patch_labels`) and its scene's index."""
     from duet_jax.data.images import preprocess_image
     cfg = model.config
     run = jax.jit(lambda pixels: feature_layer(model.module.vision, cfg.feature_layer_index,
@@ -54,7 +57,8 @@ def patch_features(model, split: str, count: int, seed: int = 0,
             kinds.append(kind)
         out = np.asarray(run(jnp.asarray(np.stack(pixels))))
         feats.append(out.reshape(-1, out.shape[-1]))
-    return np.concatenate(feats), np.concatenate(colours), np.concatenate(kinds)
+    scenes = np.repeat(np.arange(count), len(colours[0]))
+    return np.concatenate(feats), np.concatenate(colours), np.concatenate(kinds), scenes
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = PROBE_STEPS) -> np.ndarray:
@@ -90,36 +94,64 @@ def chance(y: np.ndarray) -> float:
     return float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
 
 
+def pool_objects(x: np.ndarray, kind: np.ndarray, scene: np.ndarray,
+                 select: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(mean features [O, D], kind [O]) of each object among the `select`ed patches: the
+    patches of one kind in one scene (a scene's two letters always differ). This is what
+    one attention head of the LM reads when it attends evenly to an object's patches."""
+    keys = scene[select].astype(np.int64) * 256 + kind[select]
+    uniq, group = np.unique(keys, return_inverse=True)
+    sums = np.zeros((len(uniq), x.shape[1]), np.float64)
+    np.add.at(sums, group, x[select])
+    return (sums / np.bincount(group)[:, None]).astype(np.float32), (uniq % 256).astype(kind.dtype)
+
+
+def probe_rows(name: str, data: tuple) -> Tuple[np.ndarray, np.ndarray, int]:
+    """(x, y, classes) of probe `name` on `patch_features` output `data`."""
+    x, colour, kind, scene = data
+    n_shapes = len(SHAPES)
+    if name == "colour":                        # object patches, 5-way
+        sel = kind > 0
+        return x[sel], colour[sel] - 1, len(COLORS)
+    if name == "shape":
+        sel = (kind > 0) & (kind <= n_shapes)
+        return x[sel], kind[sel] - 1, n_shapes
+    if name == "letter":
+        sel = kind > n_shapes
+        return x[sel], kind[sel] - n_shapes - 1, len(LETTERS)
+    if name == "letter object":                 # one row per letter: its patches' mean
+        pooled, k = pool_objects(x, kind, scene, kind > n_shapes)
+        return pooled, k - n_shapes - 1, len(LETTERS)
+    raise ValueError(f"unknown probe {name!r}; use one of {PROBES}")
+
+
+PROBES = ("colour", "shape", "letter", "letter object")
+
+
 def probe_model(model, train_scenes: int = 800, test_scenes: int = 300,
                 seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """{colour | shape | letter: {"train", "test", "chance", "patches"}} for a loaded
-    miniature (`duet_jax.load_llava`)."""
+    """{probe: {"train", "test", "chance", "rows"}} for each of PROBES on a loaded
+    miniature (`duet_jax.load_llava`): patches of `train_scenes` training scenes fit the
+    probe, those of `test_scenes` held-out scenes score it."""
     train = patch_features(model, "train", train_scenes, seed)
     test = patch_features(model, HELD_OUT, test_scenes, seed)
-    n_shapes = len(SHAPES)
-    tasks = {  # name: (patch selector on kind, label from (colour, kind), classes)
-        "colour": (lambda k: k > 0, lambda c, k: c - 1, len(COLORS)),
-        "shape": (lambda k: (k > 0) & (k <= n_shapes), lambda c, k: k - 1, n_shapes),
-        "letter": (lambda k: k > n_shapes, lambda c, k: k - n_shapes - 1, len(LETTERS))}
     out = {}
-    for name, (select, label, classes) in tasks.items():
-        (xa, ca, ka), (xb, cb, kb) = train, test
-        sa, sb = select(ka), select(kb)
-        ya, yb = label(ca[sa], ka[sa]), label(cb[sb], kb[sb])
+    for name in PROBES:
+        (xa, ya, classes), (xb, yb, _) = probe_rows(name, train), probe_rows(name, test)
         if not len(ya) or not len(yb):
-            raise ValueError(f"no {name} patches in {train_scenes} training / {test_scenes} "
+            raise ValueError(f"no {name} rows in {train_scenes} training / {test_scenes} "
                              f"test scenes; probe more scenes")
-        w = fit_probe(xa[sa], ya, classes)
-        out[name] = {"train": probe_accuracy(w, xa[sa], ya), "test": probe_accuracy(w, xb[sb], yb),
-                     "chance": chance(yb), "patches": int(len(yb))}
+        w = fit_probe(xa, ya, classes)
+        out[name] = {"train": probe_accuracy(w, xa, ya), "test": probe_accuracy(w, xb, yb),
+                     "chance": chance(yb), "rows": int(len(yb))}
     return out
 
 
 def format_probes(scores: Dict[str, Dict[str, float]]) -> str:
-    lines = [f"{'probe':<8} {'test':>6} {'chance':>7} {'train':>6} {'test patches':>13}"]
+    lines = [f"{'probe':<14} {'test':>6} {'chance':>7} {'train':>6} {'test rows':>10}"]
     for name, s in scores.items():
-        lines.append(f"{name:<8} {s['test']:6.3f} {s['chance']:7.3f} {s['train']:6.3f} "
-                     f"{s['patches']:13d}")
+        lines.append(f"{name:<14} {s['test']:6.3f} {s['chance']:7.3f} {s['train']:6.3f} "
+                     f"{s['rows']:10d}")
     return "\n".join(lines)
 
 

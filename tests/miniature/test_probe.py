@@ -45,7 +45,7 @@ def shipped():
 
 
 def test_patch_features_are_the_feature_layer_with_the_drawings_labels(shipped):
-    x, colour, kind = probe.patch_features(shipped, "train", 3, batch=2)
+    x, colour, kind, scene = probe.patch_features(shipped, "train", 3, batch=2)
     n = shipped.config.vision.num_patches
     assert x.shape == (3 * n, shipped.config.vision.hidden_size)
     # Parameter-free layer norm over the features of each patch.
@@ -54,17 +54,31 @@ def test_patch_features_are_the_feature_layer_with_the_drawings_labels(shipped):
     labels = [patch_labels(make_scene(0, "train", i)[1], 4) for i in range(3)]
     np.testing.assert_array_equal(colour, np.concatenate([c for c, _ in labels]))
     np.testing.assert_array_equal(kind, np.concatenate([k for _, k in labels]))
+    np.testing.assert_array_equal(scene, np.repeat(np.arange(3), n))
+
+
+def test_pool_objects_averages_each_objects_patches():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 3)).astype(np.float32)
+    kind = np.array([0, 5, 5, 7, 0, 5, 7, 7, 6, 0])
+    scene = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    pooled, k = probe.pool_objects(x, kind, scene, kind >= 5)
+    # (scene 0, kind 5), (0, 7), (1, 5), (1, 6), (1, 7), in that order.
+    np.testing.assert_array_equal(k, [5, 7, 5, 6, 7])
+    for row, idx in enumerate([[1, 2], [3], [5], [8], [6, 7]]):
+        np.testing.assert_allclose(pooled[row], x[idx].mean(0), rtol=1e-6)
 
 
 def test_shipped_tower_carries_colour_and_shape(shipped):
     # The shipped miniature answers GQA's colour and shape questions from the picture
     # (README), so its features must carry both, far above chance.
     scores = probe.probe_model(shipped, train_scenes=96, test_scenes=48)
-    assert set(scores) == {"colour", "shape", "letter"}
+    assert set(scores) == set(probe.PROBES)
     for name in ("colour", "shape"):
         assert scores[name]["test"] > 0.9 > scores[name]["chance"] + 0.2, (name, scores[name])
-    assert all(s["patches"] > 0 for s in scores.values())
-    assert "letter" in probe.format_probes(scores)
+    assert all(s["rows"] > 0 for s in scores.values())
+    assert scores["letter object"]["rows"] < scores["letter"]["rows"]
+    assert "letter object" in probe.format_probes(scores)
 
 
 def test_command_bad_input_gets_one_line(tmp_path, capsys):
