@@ -95,6 +95,49 @@ def run_benchmarks(model, name: str, reduction, data_dir: str, split: str, out_d
     return blocks
 
 
+GQA_KIND_LABELS = {"colour": "GQA colour", "shape": "GQA shape", "count": "GQA count",
+                   "position": "GQA left/right"}
+CATEGORIES = ("POPE shapes", "POPE letters", "TextVQA", *GQA_KIND_LABELS.values())
+
+
+def _jsonl(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def category_scores(data_dir: str, split: str, answers_dir: str) -> Dict[str, Dict[str, float]]:
+    """{category: {"score", "n"}} over CATEGORIES: each question scored by its official
+    rule (POPE's yes/no parse, TextVQA's soft accuracy, GQA's exact match), averaged x100
+    per kind of question, so a table can say which kinds the model reads from the picture
+    (POPE mixes shape and letter questions; GQA four kinds). `answers_dir`: one run's
+    <benchmark>.jsonl answer files."""
+    from duet_jax.evaluation.scoring import gqa, pope, textvqa
+    per: Dict[str, list] = {c: [] for c in CATEGORIES}
+    answers = {b: {str(a["question_id"]): a["text"]
+                   for a in _jsonl(os.path.join(answers_dir, f"{b}.jsonl"))} for b in BENCHMARKS}
+    paths = {b: eval_paths(data_dir, split, b) for b in BENCHMARKS}
+    # Labels pair with each split's questions by position, as the official scorer pairs them.
+    labels = {split: iter(lines) for split, lines in
+              pope.load_labels(paths["pope"]["annotations"]).items()}
+    for q in _jsonl(paths["pope"]["questions"]):
+        kind = "POPE letters" if " letter " in q["text"] else "POPE shapes"
+        said = pope.parse_yes_no(answers["pope"][str(q["question_id"])])
+        per[kind].append(said == next(labels[q["category"]]))
+    with open(paths["textvqa"]["annotations"], encoding="utf-8") as f:
+        truth = {d["image_id"]: d["answers"] for d in json.load(f)["data"]}
+    for q in _jsonl(paths["textvqa"]["questions"]):
+        qid = str(q["question_id"])
+        per["TextVQA"].append(textvqa.soft_accuracy(answers["textvqa"][qid], truth[qid]))
+    with open(paths["gqa"]["annotations"], encoding="utf-8") as f:
+        gqa_truth = json.load(f)
+    for q in _jsonl(paths["gqa"]["questions"]):
+        qid = str(q["question_id"])
+        t = gqa_truth[qid]
+        per[GQA_KIND_LABELS[t["types"]["detailed"]]].append(
+            gqa.convert_prediction(answers["gqa"][qid]) == t["answer"])
+    return {c: {"score": 100.0 * float(np.mean(v)), "n": len(v)} for c, v in per.items() if v}
+
+
 def headlines(blocks: dict) -> Dict[str, float]:
     return {b: float(blocks[b][HEADLINE[b]]) for b in BENCHMARKS}
 
@@ -122,7 +165,8 @@ def time_prefill(model, reduction, batch: dict, repeats: int = 7) -> float:
 def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_dir: str,
                    split: str, out_dir: str, *, batch_size: int = 16, save_kept: int = 2,
                    model_digest: str = "", log=print) -> dict:
-    """{name: {"scores": {benchmark: headline}, "blocks", "seconds" (time_prefill), "eval_s"}}
+    """{name: {"scores": {benchmark: headline}, "blocks", "seconds" (time_prefill), "eval_s",
+    "categories" (`category_scores`)}}
     for every (name -> ReductionConfig or None) in `configs` (name BLIND: unreduced, every
     question shown another question's image); cached in out_dir/results.json for
     the model `model_digest` (another digest clears out_dir first)."""
@@ -137,7 +181,8 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
             results = stored["results"]
         else:       # answers of another model: stale (the runner would resume them)
             shutil.rmtree(out_dir)
-    todo = [n for n in configs if n not in results]
+    # Entries cached before the per-category scores existed are evaluated again.
+    todo = [n for n in configs if "categories" not in results.get(n, {})]
     if not todo:
         return {n: results[n] for n in configs}
     model = load_model(model_path)
@@ -155,7 +200,8 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
         eval_s = time.perf_counter() - t0
         seconds = time_prefill(model, reduction, batch)
         results[name] = {"scores": headlines(blocks), "blocks": blocks, "seconds": seconds,
-                         "eval_s": eval_s}
+                         "eval_s": eval_s, "categories": category_scores(
+                             data_dir, split, os.path.join(out_dir, "answers", name))}
         scores = ", ".join(f"{b} {v:.1f}" for b, v in results[name]["scores"].items())
         log(f"  {name}: {scores} ({eval_s:.0f} s)")
         os.makedirs(out_dir, exist_ok=True)

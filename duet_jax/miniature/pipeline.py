@@ -199,6 +199,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable[[str], None] = pri
             log(f"  {presets.describe(c, num_layers)}" if c else f"  {method}: unreachable")
     inference = report.inference_table(results, table_presets, "unreduced", num_layers,
                                        presets.table_notes(table_presets, num_layers))
+    reading = report.reading_table(results, "unreduced")
     trained_tab = report.trained_table(results, "unreduced",
                                        presets.duet(cfg.trained_budget, num_layers).name,
                                        trained_name, cfg.trained_budget, trained)
@@ -208,9 +209,10 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable[[str], None] = pri
     report.plot(plot_path, results, table_presets, "unreduced", trained_name,
                 cfg.trained_budget, num_layers)
     kept = copy_pictures(cfg, [c.name for cfgs in table_presets.values() for _, c in cfgs if c])
-    report.write_report(os.path.join(out, "report.md"), [inference, trained_tab])
+    report.write_report(os.path.join(out, "report.md"), [inference, reading, trained_tab])
     seconds = time.perf_counter() - t0
-    return {"inference_table": inference, "trained_table": trained_tab, "results": results,
+    return {"inference_table": inference, "reading_table": reading,
+            "trained_table": trained_tab, "results": results,
             "training": trained, "plot": plot_path, "kept_dir": kept,
             "report": os.path.join(out, "report.md"), "seconds": seconds,
             "duet_name": duet_name, "num_layers": num_layers}
@@ -252,6 +254,8 @@ def main(argv=None) -> int:
     cfg = PipelineConfig(workdir=args.workdir, out=args.out, from_scratch=args.from_scratch)
     result = run(cfg)
     print(result["inference_table"])
+    print()
+    print(result["reading_table"])
     print()
     print(result["trained_table"])
     print(f"\nplot: {result['plot']}\nkept-token pictures: {result['kept_dir']}\n"

@@ -114,6 +114,28 @@ def trained_table(results: dict, base_name: str, duet_name: str, trained_name: s
                  extra="train ↓", in_avg=grounded(results, base_name))
 
 
+def reading_table(results: dict, base_name: str) -> str:
+    """Per kind of question (evaluate.category_scores): the unreduced model with its own
+    image and with another's, and the gap; kinds under GROUNDED_MARGIN are starred. The
+    benchmark headlines mix kinds (POPE asks about shapes and letters, GQA four kinds),
+    so this says which of them are read from the picture."""
+    if BLIND not in results:
+        return ""
+    own, other = results[base_name]["categories"], results[BLIND]["categories"]
+    other_label = "another's"
+    head = f"{'question kind':<18}{'n':>5}{'own image':>12}{other_label:>12}{'gap':>8}"
+    lines = ["What the unreduced model reads from the picture, per kind of question:", head,
+             "-" * len(head)]
+    for kind, s in own.items():
+        gap = s["score"] - other[kind]["score"]
+        star = "" if gap >= GROUNDED_MARGIN else " *"
+        lines.append(f"{kind:<18}{s['n']:>5}{s['score']:>12.1f}{other[kind]['score']:>12.1f}"
+                     f"{gap:>8.1f}{star}")
+    lines.append(f"* under {GROUNDED_MARGIN:.0f} points above another's image: answered from "
+                 "the question, not the picture")
+    return "\n".join(lines)
+
+
 def plot(path: str, results: dict, presets: dict, base_name: str, trained_name: str,
          trained_budget: int, num_layers: int) -> None:
     """Relative average (%) against average visual tokens per LM layer."""

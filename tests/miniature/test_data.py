@@ -181,3 +181,37 @@ def test_training_turns_leak_no_answer_and_open_with_every_family():
         ranks = [rank[qa.kind] for qa in qas[1:]]
         assert ranks == sorted(ranks) and qas[-1].kind == "caption"
     assert firsts == set(rank) - {"caption"}      # the eval asks every family as a first turn
+
+
+def test_category_scores_split_each_benchmark_by_kind_of_question(data_dir, tmp_path):
+    from duet_jax.evaluation.questions import answer_record, load_questions
+    from duet_jax.miniature.evaluate import CATEGORIES, category_scores
+
+    def write(wrong_kind=None):
+        for benchmark in ("pope", "textvqa", "gqa"):
+            paths = eval_paths(data_dir, "test", benchmark)
+            truth = _truth(benchmark, paths)
+            with open(paths["questions"]) as f:
+                kinds = {json.loads(x)["question_id"]: json.loads(x)["category"] for x in f}
+            with open(tmp_path / f"{benchmark}.jsonl", "w") as f:
+                for q in load_questions(benchmark, paths["questions"]):
+                    answer = truth[q.question_id]
+                    if kinds[q.question_id] == wrong_kind:      # GQA rows carry their kind
+                        answer = "seven"
+                    f.write(json.dumps(answer_record(q, answer, "toy")) + "\n")
+        return category_scores(data_dir, "test", str(tmp_path))
+
+    scores = write()
+    assert set(scores) <= set(CATEGORIES) and scores
+    assert all(s["score"] == pytest.approx(100.0) for s in scores.values())
+    with open(eval_paths(data_dir, "test", "pope")["questions"]) as f:
+        pope_texts = [json.loads(x)["text"] for x in f]
+    letters = sum(" letter " in t for t in pope_texts)
+    assert scores.get("POPE letters", {"n": 0})["n"] == letters
+    assert scores["POPE shapes"]["n"] == len(pope_texts) - letters
+    assert scores["TextVQA"]["n"] == TOY.test_textvqa
+    assert sum(s["n"] for k, s in scores.items() if k.startswith("GQA")) == TOY.test_gqa
+    # Wrong answers to the count questions only: that kind falls to 0, no other moves.
+    scores = write(wrong_kind="count")
+    assert scores["GQA count"]["score"] == 0.0
+    assert all(s["score"] == pytest.approx(100.0) for k, s in scores.items() if k != "GQA count")

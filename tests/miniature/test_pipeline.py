@@ -60,6 +60,11 @@ def test_toy_pipeline_end_to_end(tmp_path):
         assert sorted(q["image"] for q in own) == sorted(q["image"] for q in other)
         assert all(a["image"] != b["image"] for a, b in zip(own, other))
     assert "another's image" in result["inference_table"]
+    # Every run is also scored per kind of question, and the control table compares them.
+    assert all(r["categories"]["TextVQA"]["n"] == TOY.test_textvqa for r in results.values())
+    assert result["reading_table"].splitlines()[0].startswith("What the unreduced model reads")
+    with open(result["report"]) as f:
+        assert "per kind of question" in f.read()
     # The text-only stage, stage 1 and both fine-tuning arms ran train.py's loop.
     assert os.path.isdir(os.path.join(cfg.workdir, "runs", "text", "final"))
     for stage in ("pretrain", "finetune-full", "finetune-duet"):

@@ -71,3 +71,18 @@ def test_zoo_rows_show_their_average_and_the_notes_close_the_table():
         ["DART", "195"], ["pool", "64"]]       # (576 + 3 x 68) / 4; 8 x 8 cells
     assert lines[-3].startswith("* within 10 points")
     assert lines[-2].startswith("CDPruner is not in the table") and "DART" in lines[-1]
+
+
+def test_reading_table_stars_the_kinds_the_blind_control_matches():
+    own = {"GQA colour": {"score": 70.0, "n": 30}, "GQA count": {"score": 50.0, "n": 30},
+           "TextVQA": {"score": 31.0, "n": 90}}
+    other = {"GQA colour": {"score": 20.0, "n": 30}, "GQA count": {"score": 45.0, "n": 30},
+             "TextVQA": {"score": 21.0, "n": 90}}
+    results = _results(BASE, BLIND_SCORES, REDUCED)
+    results["unreduced"]["categories"], results[BLIND]["categories"] = own, other
+    rows = {line.split("  ")[0].strip(): line for line in
+            report.reading_table(results, "unreduced").splitlines()[3:-1]}
+    assert rows["GQA colour"].split()[-1] == "50.0"             # 70 - 20, read
+    assert rows["GQA count"].split()[-2:] == ["5.0", "*"]        # under the margin
+    assert rows["TextVQA"].split()[-1] == "10.0"                 # exactly the margin: read
+    assert report.reading_table(_results(BASE, None, REDUCED), "unreduced") == ""
