@@ -106,9 +106,9 @@ def _jsonl(path: str) -> list:
 
 
 def category_scores(data_dir: str, split: str, answers_dir: str) -> Dict[str, Dict[str, float]]:
-    """{category: {"score", "n"}} over CATEGORIES: each question scored by its official
-    rule (POPE's yes/no parse, TextVQA's soft accuracy, GQA's exact match), averaged x100
-    per kind of question, so a table can say which kinds the model reads from the picture
+    """{category: {"score", "n", "values"}} over CATEGORIES: each question scored by its
+    official rule (POPE's yes/no parse, TextVQA's soft accuracy, GQA's exact match; the
+    per-question scores in question-file order are "values"), averaged x100 per kind, so a table can say which kinds the model reads from the picture
     (POPE mixes shape and letter questions; GQA four kinds). `answers_dir`: one run's
     <benchmark>.jsonl answer files."""
     from duet_jax.evaluation.scoring import gqa, pope, textvqa
@@ -135,7 +135,8 @@ def category_scores(data_dir: str, split: str, answers_dir: str) -> Dict[str, Di
         t = gqa_truth[qid]
         per[GQA_KIND_LABELS[t["types"]["detailed"]]].append(
             gqa.convert_prediction(answers["gqa"][qid]) == t["answer"])
-    return {c: {"score": 100.0 * float(np.mean(v)), "n": len(v)} for c, v in per.items() if v}
+    return {c: {"score": 100.0 * float(np.mean(v)), "n": len(v),
+                "values": [float(x) for x in v]} for c, v in per.items() if v}
 
 
 def headlines(blocks: dict) -> Dict[str, float]:

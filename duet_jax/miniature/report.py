@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from duet_jax.evaluation.scoring.relative import relative_average
 from duet_jax.miniature.dataset import BENCHMARKS
 from duet_jax.miniature.evaluate import BLIND
@@ -114,6 +116,23 @@ def trained_table(results: dict, base_name: str, duet_name: str, trained_name: s
                  extra="train ↓", in_avg=grounded(results, base_name))
 
 
+BOOTSTRAP_DRAWS = 2000
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95,
+                    draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> Tuple[float, float]:
+    """Percentile bootstrap interval (points) of mean(a) - mean(b) x100, where a[i] and b[i]
+    score the same question i under two runs: questions are resampled with replacement,
+    both runs together. Seeded: the same scores give the same interval."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or not a.size:
+        raise ValueError(f"paired scores need the same questions: {a.shape} vs {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, a.size, (draws, a.size))
+    diffs = 100.0 * (a[idx] - b[idx]).mean(axis=1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    return float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100.0 - tail))
+
+
 def reading_table(results: dict, base_name: str) -> str:
     """Per kind of question (evaluate.category_scores): the unreduced model with its own
     image and with another's, and the gap; kinds under GROUNDED_MARGIN are starred. The
@@ -123,16 +142,20 @@ def reading_table(results: dict, base_name: str) -> str:
         return ""
     own, other = results[base_name]["categories"], results[BLIND]["categories"]
     other_label = "another's"
-    head = f"{'question kind':<18}{'n':>5}{'own image':>12}{other_label:>12}{'gap':>8}"
+    head = (f"{'question kind':<18}{'n':>5}{'own image':>12}{other_label:>12}{'gap':>8}"
+            f"{'95% interval':>16}")
     lines = ["What the unreduced model reads from the picture, per kind of question:", head,
              "-" * len(head)]
     for kind, s in own.items():
         gap = s["score"] - other[kind]["score"]
+        lo, hi = paired_interval(s["values"], other[kind]["values"])
         star = "" if gap >= GROUNDED_MARGIN else " *"
         lines.append(f"{kind:<18}{s['n']:>5}{s['score']:>12.1f}{other[kind]['score']:>12.1f}"
-                     f"{gap:>8.1f}{star}")
+                     f"{gap:>8.1f}{f'[{lo:.1f}, {hi:.1f}]':>16}{star}")
     lines.append(f"* under {GROUNDED_MARGIN:.0f} points above another's image: answered from "
                  "the question, not the picture")
+    lines.append(f"interval: the gap's 95 % paired bootstrap over the questions "
+                 f"({BOOTSTRAP_DRAWS} draws)")
     return "\n".join(lines)
 
 

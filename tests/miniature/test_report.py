@@ -1,6 +1,7 @@
 """The miniature tables: Avg covers only the benchmarks read from the picture."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from duet_jax.miniature import report
@@ -74,15 +75,36 @@ def test_zoo_rows_show_their_average_and_the_notes_close_the_table():
 
 
 def test_reading_table_stars_the_kinds_the_blind_control_matches():
-    own = {"GQA colour": {"score": 70.0, "n": 30}, "GQA count": {"score": 50.0, "n": 30},
-           "TextVQA": {"score": 31.0, "n": 90}}
-    other = {"GQA colour": {"score": 20.0, "n": 30}, "GQA count": {"score": 45.0, "n": 30},
-             "TextVQA": {"score": 21.0, "n": 90}}
+    def kind(right, n):
+        values = [1.0] * right + [0.0] * (n - right)
+        return {"score": 100.0 * right / n, "n": n, "values": values}
+
+    own = {"GQA colour": kind(14, 20), "GQA count": kind(10, 20), "TextVQA": kind(4, 20)}
+    other = {"GQA colour": kind(4, 20), "GQA count": kind(9, 20), "TextVQA": kind(2, 20)}
     results = _results(BASE, BLIND_SCORES, REDUCED)
     results["unreduced"]["categories"], results[BLIND]["categories"] = own, other
-    rows = {line.split("  ")[0].strip(): line for line in
-            report.reading_table(results, "unreduced").splitlines()[3:-1]}
-    assert rows["GQA colour"].split()[-1] == "50.0"             # 70 - 20, read
-    assert rows["GQA count"].split()[-2:] == ["5.0", "*"]        # under the margin
-    assert rows["TextVQA"].split()[-1] == "10.0"                 # exactly the margin: read
+    rows = {line.split("  ")[0].strip(): line.split() for line in
+            report.reading_table(results, "unreduced").splitlines()[3:-2]}
+    gap, lo, hi = rows["GQA colour"][-3], rows["GQA colour"][-2], rows["GQA colour"][-1]
+    assert gap == "50.0" and float(lo.strip("[,")) < 50.0 < float(hi.strip("]"))  # 70-20: read
+    assert rows["GQA count"][-4] == "5.0" and rows["GQA count"][-1] == "*"  # under the margin
+    assert rows["TextVQA"][-3] == "10.0" and rows["TextVQA"][-1] != "*"     # the margin: read
     assert report.reading_table(_results(BASE, None, REDUCED), "unreduced") == ""
+
+
+def test_paired_interval_covers_the_difference_and_shrinks_with_more_questions():
+    assert report.paired_interval([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)
+    # Every question one run right and the other wrong: the gap is 100 points, no spread.
+    assert report.paired_interval([1] * 9, [0] * 9) == (100.0, 100.0)
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (40, 640):
+        a = (rng.random(n) < 0.7).astype(float)
+        b = (rng.random(n) < 0.5).astype(float)
+        lo, hi = report.paired_interval(a, b)
+        assert lo < 100.0 * (a.mean() - b.mean()) < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2          # ~1/sqrt(n): 16x the questions, ~1/4 the width
+    assert report.paired_interval(a, b) == report.paired_interval(a, b)   # seeded
+    with pytest.raises(ValueError, match="same questions"):
+        report.paired_interval([1, 0], [1])
