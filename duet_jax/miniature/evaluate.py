@@ -108,9 +108,9 @@ def _jsonl(path: str) -> list:
 def category_scores(data_dir: str, split: str, answers_dir: str) -> Dict[str, Dict[str, float]]:
     """{category: {"score", "n", "values"}} over CATEGORIES: each question scored by its
     official rule (POPE's yes/no parse, TextVQA's soft accuracy, GQA's exact match; the
-    per-question scores in question-file order are "values"), averaged x100 per kind, so a table can say which kinds the model reads from the picture
-    (POPE mixes shape and letter questions; GQA four kinds). `answers_dir`: one run's
-    <benchmark>.jsonl answer files."""
+    per-question scores in question-file order are "values"), averaged x100 per kind, so
+    a table can say which kinds the model reads from the picture (POPE mixes shape and
+    letter questions; GQA four kinds). `answers_dir`: one run's <benchmark>.jsonl files."""
     from duet_jax.evaluation.scoring import gqa, pope, textvqa
     per: Dict[str, list] = {c: [] for c in CATEGORIES}
     answers = {b: {str(a["question_id"]): a["text"]
