@@ -100,37 +100,34 @@ GQA_KIND_LABELS = {"colour": "GQA colour", "shape": "GQA shape", "count": "GQA c
 CATEGORIES = ("POPE shapes", "POPE letters", "TextVQA", *GQA_KIND_LABELS.values())
 
 
-def _jsonl(path: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def category_scores(data_dir: str, split: str, answers_dir: str) -> Dict[str, Dict[str, float]]:
     """{category: {"score", "n", "values"}} over CATEGORIES: each question scored by its
     official rule (POPE's yes/no parse, TextVQA's soft accuracy, GQA's exact match; the
     per-question scores in question-file order are "values"), averaged x100 per kind, so
     a table can say which kinds the model reads from the picture (POPE mixes shape and
     letter questions; GQA four kinds). `answers_dir`: one run's <benchmark>.jsonl files."""
+    from duet_jax.evaluation.io import read_jsonl
     from duet_jax.evaluation.scoring import gqa, pope, textvqa
     per: Dict[str, list] = {c: [] for c in CATEGORIES}
     answers = {b: {str(a["question_id"]): a["text"]
-                   for a in _jsonl(os.path.join(answers_dir, f"{b}.jsonl"))} for b in BENCHMARKS}
+                   for a in read_jsonl(os.path.join(answers_dir, f"{b}.jsonl"))}
+               for b in BENCHMARKS}
     paths = {b: eval_paths(data_dir, split, b) for b in BENCHMARKS}
     # Labels pair with each split's questions by position, as the official scorer pairs them.
     labels = {split: iter(lines) for split, lines in
               pope.load_labels(paths["pope"]["annotations"]).items()}
-    for q in _jsonl(paths["pope"]["questions"]):
+    for q in read_jsonl(paths["pope"]["questions"]):
         kind = "POPE letters" if " letter " in q["text"] else "POPE shapes"
         said = pope.parse_yes_no(answers["pope"][str(q["question_id"])])
         per[kind].append(said == next(labels[q["category"]]))
     with open(paths["textvqa"]["annotations"], encoding="utf-8") as f:
         truth = {d["image_id"]: d["answers"] for d in json.load(f)["data"]}
-    for q in _jsonl(paths["textvqa"]["questions"]):
+    for q in read_jsonl(paths["textvqa"]["questions"]):
         qid = str(q["question_id"])
         per["TextVQA"].append(textvqa.soft_accuracy(answers["textvqa"][qid], truth[qid]))
     with open(paths["gqa"]["annotations"], encoding="utf-8") as f:
         gqa_truth = json.load(f)
-    for q in _jsonl(paths["gqa"]["questions"]):
+    for q in read_jsonl(paths["gqa"]["questions"]):
         qid = str(q["question_id"])
         t = gqa_truth[qid]
         per[GQA_KIND_LABELS[t["types"]["detailed"]]].append(

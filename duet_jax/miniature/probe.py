@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from duet_jax.cli import Parser, guarded, quiet_libraries
-from duet_jax.miniature.scenes import COLORS, LETTERS, SHAPES, make_scene
-from duet_jax.miniature.tower import feature_layer, patch_labels
+from duet_jax.miniature.scenes import COLORS, LETTERS, SHAPES
+from duet_jax.miniature.tower import feature_layer, make_batch
 
 PROBE_STEPS = 500
 PROBE_LR = 0.05
@@ -42,21 +42,17 @@ def patch_features(model, split: str, count: int, seed: int = 0,
     """(features [P, D], colour [P], kind [P], scene [P]) over every patch of scenes
     0..count-1 of `split`: the feature layer the projector reads, layer-normalised without
     parameters, each patch's labels (`tower.patch_labels`) and its scene's index."""
-    from duet_jax.data.images import preprocess_image
     cfg = model.config
     run = jax.jit(lambda pixels: feature_layer(model.module.vision, cfg.feature_layer_index,
                                                model.params["vision"], pixels))
     feats, colours, kinds = [], [], []
     for lo in range(0, count, batch):
-        pixels = []
-        for i in range(lo, min(lo + batch, count)):
-            img, scene = make_scene(seed, split, i)
-            pixels.append(preprocess_image(img, model.image_processor))
-            colour, kind = patch_labels(scene, cfg.vision.patch_size)
-            colours.append(colour)
-            kinds.append(kind)
-        out = np.asarray(run(jnp.asarray(np.stack(pixels))))
+        b = make_batch(range(lo, min(lo + batch, count)), model.image_processor,
+                       cfg.vision.patch_size, seed, split)
+        out = np.asarray(run(jnp.asarray(b["pixels"])))
         feats.append(out.reshape(-1, out.shape[-1]))
+        colours.extend(b["colour"])
+        kinds.extend(b["kind"])
     scenes = np.repeat(np.arange(count), len(colours[0]))
     return np.concatenate(feats), np.concatenate(colours), np.concatenate(kinds), scenes
 

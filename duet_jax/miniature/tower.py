@@ -81,11 +81,13 @@ def image_labels(scene) -> np.ndarray:
     return out
 
 
-def make_batch(indices: Sequence[int], processor, patch: int, seed: int) -> dict:
+def make_batch(indices: Sequence[int], processor, patch: int, seed: int,
+               split: str = "train") -> dict:
+    """Scenes `indices` of `split`: pixels [B, C, H, W] with their patch and image labels."""
     from duet_jax.data.images import preprocess_image
     pixels, colour, kind, present = [], [], [], []
     for i in indices:
-        img, scene = make_scene(seed, "train", int(i))
+        img, scene = make_scene(seed, split, int(i))
         pixels.append(preprocess_image(img, processor))
         c, k = patch_labels(scene, patch)
         colour.append(c)
