@@ -166,15 +166,17 @@ def label_map(scene: "Scene") -> np.ndarray:
     return out
 
 
-def make_scene(seed: int, split: str, index: int) -> Tuple[Image.Image, Scene]:
-    """The (picture, facts) of scene `index` of `split`."""
+def make_scene(seed: int, split: str, index: int,
+               glyph_share: float = GLYPH_SHARE) -> Tuple[Image.Image, Scene]:
+    """The (picture, facts) of scene `index` of `split`; `glyph_share`: the chance of
+    two letters (the data set's scenes use the default; the tower may ask for more)."""
     rng = rng_for(seed, split, index)
     pixels, texture = _background(rng)
     img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     taken: List[Tuple[int, int, int, int]] = []
     letters: List[Thing] = []
-    if rng.random() < GLYPH_SHARE:
+    if rng.random() < glyph_share:
         planned = []
         for letter, color in zip(rng.sample(LETTERS, 2), rng.sample(list(COLORS), 2)):
             font = _font(rng.randint(*GLYPH_SIZE))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from duet_jax.miniature.scenes import COLORS, LETTERS, SHAPES, label_map, make_scene
+from duet_jax.miniature.scenes import COLORS, GLYPH_SHARE, LETTERS, SHAPES, label_map, make_scene
 
 COLOUR_CLASSES = 1 + len(COLORS)                     # 0 = background
 KIND_CLASSES = 1 + len(SHAPES) + len(LETTERS)
@@ -51,6 +51,10 @@ class TowerConfig:
     seed: int = 0
     data_seed: int = 0
     images: int = 3000          # scenes of the training split it cycles through
+    # A letter's identity shows only across its 9-12 patches, so the tower learns it
+    # last and slowest: these weigh letter patches up and draw letters into more scenes.
+    letter_weight: float = OBJECT_WEIGHT
+    letter_share: float = GLYPH_SHARE
 
 
 def patch_labels(scene, patch: int) -> tuple:
@@ -82,12 +86,12 @@ def image_labels(scene) -> np.ndarray:
 
 
 def make_batch(indices: Sequence[int], processor, patch: int, seed: int,
-               split: str = "train") -> dict:
+               split: str = "train", glyph_share: float = GLYPH_SHARE) -> dict:
     """Scenes `indices` of `split`: pixels [B, C, H, W] with their patch and image labels."""
     from duet_jax.data.images import preprocess_image
     pixels, colour, kind, present = [], [], [], []
     for i in indices:
-        img, scene = make_scene(seed, split, int(i))
+        img, scene = make_scene(seed, split, int(i), glyph_share)
         pixels.append(preprocess_image(img, processor))
         c, k = patch_labels(scene, patch)
         colour.append(c)
@@ -117,11 +121,13 @@ def feature_layer(tower, layer: int, vision_params: dict, pixels: jax.Array) -> 
     return normalized_patches(tower.apply(vision_params, pixels, output_hidden_states=True), layer)
 
 
-def losses(tower, layer: int, params: dict, batch: dict) -> tuple:
+def losses(tower, layer: int, params: dict, batch: dict,
+           letter_weight: float = OBJECT_WEIGHT) -> tuple:
     """(total loss, metrics) of the two objectives; `layer`: the feature layer's index."""
     out = tower.apply(params["vision"], batch["pixels"], output_hidden_states=True)
     feats = normalized_patches(out, layer)                            # [B, N, D]
-    weight = jnp.where(batch["kind"] > 0, OBJECT_WEIGHT, 1.0)
+    letters = batch["kind"] > len(SHAPES)
+    weight = jnp.where(letters, letter_weight, jnp.where(batch["kind"] > 0, OBJECT_WEIGHT, 1.0))
     dense = 0.0
     accs = {}
     for name in ("colour", "kind"):
@@ -133,7 +139,6 @@ def losses(tower, layer: int, params: dict, batch: dict) -> tuple:
         accs[f"{name}_acc"] = jnp.sum(hits) / jnp.maximum(obj.sum(), 1)
     # Letter identity alone: what TextVQA and POPE's letter questions need, and the part of
     # kind_acc a tower learns last (the shapes' fill patterns give them away patch by patch).
-    letters = batch["kind"] > len(SHAPES)
     letter_hits = ((feats @ params["heads"]["kind"]).argmax(-1) == batch["kind"]) * letters
     accs["letter_acc"] = jnp.sum(letter_hits) / jnp.maximum(letters.sum(), 1)
     image_logits = out.pooled @ params["heads"]["present"]
@@ -144,14 +149,21 @@ def losses(tower, layer: int, params: dict, batch: dict) -> tuple:
 
 
 def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
-                   tcfg: TowerConfig = TowerConfig(), log=print) -> str:
-    """Train the tower, export `out_dir/final`; returns that path."""
+                   tcfg: TowerConfig = TowerConfig(), log=print, save_every: int = 100) -> str:
+    """Train the tower, export `out_dir/final`; returns that path.
+
+    A checkpoint every `save_every` steps (`out_dir/checkpoints`, train.py's orbax
+    manager): a killed run started again with the same arguments resumes from the
+    newest one and ends with the same weights, since step s always trains on the
+    same scenes. Long stage-0 runs can so span several sittings.
+    """
     from duet_jax.data.images import load_image_processor
     from duet_jax.data.llava_json import load_records
     from duet_jax.models.llava import LlavaModel
     from duet_jax.training import build
+    from duet_jax.training.checkpoint import Checkpoints
+    from duet_jax.training.config import CheckpointConfig, load_config
     from duet_jax.training.export import export_trained
-    from duet_jax.training.config import load_config
 
     cfg = load_config(config_path, [*overrides, f"output_dir={out_dir}"])
     records = load_records(cfg.data.train_json, template=cfg.data.template,
@@ -167,38 +179,60 @@ def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
     warmup = min(tcfg.warmup_steps, tcfg.steps // 4)
     schedule = optax.warmup_cosine_decay_schedule(0.0, tcfg.lr, warmup, max(tcfg.steps, warmup + 1))
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
-    state = opt.init(train)
+    state = {"train": train, "opt": opt.init(train)}
+    ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"),
+                        CheckpointConfig(save_every=save_every, keep=1, async_save=False))
+    start, restored, _ = ckpts.restore_newest(
+        state, jax.tree.map(lambda a: a.sharding, state), warn=log)
+    if restored is not None:
+        state = restored
+        log(f"  tower: resuming from step {start}")
     layer = model_cfg.feature_layer_index
-    loss_fn = lambda p, b: losses(model.vision, layer, p, b)   # noqa: E731
+    loss_fn = lambda p, b: losses(model.vision, layer, p, b, tcfg.letter_weight)   # noqa: E731
 
     @jax.jit
-    def step(train, state, batch):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(train, batch)
-        updates, state = opt.update(grads, state, train)
-        return optax.apply_updates(train, updates), state, dict(metrics, loss=loss)
+    def step(state, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["train"], batch)
+        updates, opt_state = opt.update(grads, state["opt"], state["train"])
+        return ({"train": optax.apply_updates(state["train"], updates), "opt": opt_state},
+                dict(metrics, loss=loss))
 
     order = np.random.default_rng(tcfg.seed).permutation(tcfg.images)
     patch = model_cfg.vision.patch_size
     metrics_path = os.path.join(out_dir, "tower_metrics.jsonl")
+    kept = _metric_lines(metrics_path, start)
     t0 = time.perf_counter()
     with open(metrics_path, "w", encoding="utf-8") as f:
-        for s in range(tcfg.steps):
+        f.writelines(kept)
+        for s in range(start, tcfg.steps):
             lo = (s * tcfg.batch_size) % tcfg.images
             idx = np.take(order, np.arange(lo, lo + tcfg.batch_size), mode="wrap")
-            batch = make_batch(idx, processor, patch, tcfg.data_seed)
+            batch = make_batch(idx, processor, patch, tcfg.data_seed,
+                               glyph_share=tcfg.letter_share)
             t_step = time.perf_counter()
-            train, state, m = step(train, state, batch)
+            state, m = step(state, batch)
             m = {k: float(v) for k, v in m.items()}
             seconds = time.perf_counter() - t_step
             f.write(json.dumps(dict(m, step=s + 1, step_time_s=seconds)) + "\n")
             f.flush()
+            if ckpts.should_save(s + 1, tcfg.steps):
+                ckpts.save(s + 1, state, {"step": s + 1})
             if (s + 1) % 50 == 0 or s + 1 == tcfg.steps:
                 log(f"  tower step {s + 1}/{tcfg.steps}: loss {m['loss']:.3f}, patch colour acc "
                     f"{m['colour_acc']:.2f}, kind acc {m['kind_acc']:.2f} (letters {m['letter_acc']:.2f}), image-label acc "
                     f"{m['present_acc']:.3f} ({time.perf_counter() - t0:.0f} s)")
-    params["vision"] = train["vision"]
+    ckpts.close()
+    params["vision"] = state["train"]["vision"]
     final, _ = export_trained(params, model_cfg, assets, out_dir, None)
     return final
+
+
+def _metric_lines(path: str, steps: int) -> list:
+    """The first `steps` lines of a resumed run's metrics file (the later ones are retrained)."""
+    if not steps or not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return f.readlines()[:steps]
 
 
 def main(argv=None) -> int:
@@ -207,8 +241,17 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=TowerConfig.steps)
+    p.add_argument("--lr", type=float, default=TowerConfig.lr)
+    p.add_argument("--letter-weight", type=float, default=TowerConfig.letter_weight,
+                   help="weight of letter patches in the patch loss (other objects: "
+                        f"{OBJECT_WEIGHT}, background 1)")
+    p.add_argument("--letter-share", type=float, default=TowerConfig.letter_share,
+                   help="share of the tower's scenes drawn with two letters")
+    p.add_argument("--save-every", type=int, default=100)
     args = p.parse_args(argv)
-    print(pretrain_tower(args.config, args.overrides, args.out, TowerConfig(steps=args.steps)))
+    tcfg = TowerConfig(steps=args.steps, lr=args.lr, letter_weight=args.letter_weight,
+                       letter_share=args.letter_share)
+    print(pretrain_tower(args.config, args.overrides, args.out, tcfg, save_every=args.save_every))
     return 0
 
 
