@@ -32,7 +32,7 @@ def load_model(path: str):
     return duet_jax.load_llava(path, dtype="float32")
 
 
-def _questions(data_dir: str, split: str, benchmark: str):
+def benchmark_questions(data_dir: str, split: str, benchmark: str):
     from duet_jax.evaluation.questions import load_questions
     return load_questions(benchmark, eval_paths(data_dir, split, benchmark)["questions"])
 
@@ -44,7 +44,7 @@ def prompt_length(model, data_dir: str, split: str) -> int:
     from duet_jax.data.tokenize import tokenize_prompt
     cfg, longest = model.config, 0
     for benchmark in BENCHMARKS:
-        for q in _questions(data_dir, split, benchmark):
+        for q in benchmark_questions(data_dir, split, benchmark):
             ids = tokenize_prompt(build_eval_prompt(q.text), model.tokenizer,
                                   image_token_index=cfg.image_token_index,
                                   image_seq_length=cfg.image_seq_length)
@@ -143,7 +143,7 @@ def headlines(blocks: dict) -> Dict[str, float]:
 def timing_batch(model, data_dir: str, split: str, *, batch_size: int, length: int) -> dict:
     """The first `batch_size` POPE prompts with their images, in the benchmarks' padded shape."""
     from duet_jax.evaluation import runner
-    questions = _questions(data_dir, split, "pope")
+    questions = benchmark_questions(data_dir, split, "pope")
     images = eval_paths(data_dir, split, "pope")["images"]
     idxs = list(range(min(batch_size, len(questions))))
     return runner.encode_batch(model, questions, idxs, images, batch_size, length)

@@ -17,6 +17,13 @@ the patches of training scenes, scored on scenes of a held-out stream, for
 
 Each score comes with its chance level (the most frequent class of the test
 patches). A tower change is worth the LM stages only where it moves these.
+
+    python -m duet_jax.miniature.probe CHECKPOINT --captions DATA_DIR [--split test]
+
+probes the LM the same way from the other side: every evaluation question asked
+with its scene's caption in place of the picture (the text stage's format),
+scored per kind of question by the official rules. A kind the LM cannot answer
+from a caption that names every object it will not answer from the picture.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import numpy as np
 import optax
 
 from duet_jax.cli import Parser, guarded, quiet_libraries
+from duet_jax.miniature import dataset, evaluate, tasks
 from duet_jax.miniature.scenes import COLORS, LETTERS, SHAPES
 from duet_jax.miniature.tower import feature_layer, make_batch
 
@@ -151,9 +159,47 @@ def format_probes(scores: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def caption_prompts(data_dir: str, split: str, benchmark: str) -> list:
+    """[(Question, prompt)]: each question of `benchmark` with its image's caption in place
+    of the picture, as the text stage (`tasks.text_record`) shows scenes to the LM."""
+    seed = dataset.read_manifest(data_dir).seed
+    caption = lambda image: tasks.caption(dataset.scene_of(image, seed)).answer  # noqa: E731
+    return [(q, tasks.caption_opening(caption(q.image)) + q.text)
+            for q in evaluate.benchmark_questions(data_dir, split, benchmark)]
+
+
+def caption_scores(model, data_dir: str, split: str, out_dir: str,
+                   batch_size: int = 16) -> Dict[str, Dict[str, float]]:
+    """`evaluate.category_scores` of the LM answering every question of `split` from the
+    caption (`caption_prompts`, greedy, no image); answer files go to `out_dir`."""
+    from duet_jax.evaluation.questions import answer_record
+    for benchmark in evaluate.BENCHMARKS:
+        pairs = caption_prompts(data_dir, split, benchmark)
+        answers = []
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            answers += model.generate([p for _, p in chunk], [None] * len(chunk),
+                                      max_new_tokens=evaluate.MAX_NEW_TOKENS)
+        dataset.write_jsonl(f"{out_dir}/{benchmark}.jsonl",
+                            [answer_record(q, a, "caption-probe", f"caption-{k}")
+                             for k, ((q, _), a) in enumerate(zip(pairs, answers))])
+    return evaluate.category_scores(data_dir, split, out_dir)
+
+
+def format_caption_scores(scores: Dict[str, Dict[str, float]]) -> str:
+    lines = [f"{'from the caption':<16} {'n':>4} {'score':>6}"]
+    lines += [f"{kind:<16} {s['n']:4d} {s['score']:6.1f}" for kind, s in scores.items()]
+    return "\n".join(lines)
+
+
 def _probe(args) -> int:
+    import tempfile
     import duet_jax
     model = duet_jax.load_llava(args.checkpoint, dtype="float32")
+    if args.captions:
+        with tempfile.TemporaryDirectory() as out:
+            print(format_caption_scores(caption_scores(model, args.captions, args.split, out)))
+        return 0
     print(format_probes(probe_model(model, args.train_scenes, args.test_scenes, args.seed)))
     return 0
 
@@ -165,6 +211,10 @@ def main(argv=None) -> int:
     p.add_argument("--train-scenes", type=int, default=800)
     p.add_argument("--test-scenes", type=int, default=300)
     p.add_argument("--seed", type=int, default=0, help="the scenes' data seed")
+    p.add_argument("--captions", metavar="DATA_DIR",
+                   help="probe the LM instead: the questions of DATA_DIR (a miniature data "
+                        "set, e.g. .cache/miniature/data) asked with their scenes' captions")
+    p.add_argument("--split", default="test", choices=dataset.EVAL_SPLITS)
     args = p.parse_args(argv)
     for flag in ("train_scenes", "test_scenes"):
         if getattr(args, flag) < 1:

@@ -135,9 +135,10 @@ def read_question(scene: Scene, rng: random.Random) -> Optional[QA]:
               f"{question}\nReference OCR token: {ocr}\n{SHORT}", "read")
 
 
-def caption(scene: Scene, rng: random.Random) -> QA:
+def caption(scene: Scene, rng: Optional[random.Random] = None) -> QA:
     """A LLaVA-pretraining-style short description, objects from left to right; many
-    supervised tokens per image, every one about the picture."""
+    supervised tokens per image, every one about the picture (drawn without `rng`,
+    which it takes as every family's maker does)."""
     parts = []
     for t in sorted(scene.objects, key=lambda t: (t.center_x, t.box[1])):
         if t.kind == "letter":
@@ -203,7 +204,12 @@ def text_record(record_id: str, scene_caption: str, qas: List[QA]) -> dict:
     """The same conversation with the picture given as its caption, in text: the
     text-only stage teaches the LM the questions and the answer format first, so the
     image stage can spend its steps on reading the picture."""
-    return {"id": record_id, "conversations": _conversation(qas, f"Scene: {scene_caption}\n")}
+    return {"id": record_id, "conversations": _conversation(qas, caption_opening(scene_caption))}
+
+
+def caption_opening(scene_caption: str) -> str:
+    """What stands in for `<image>\n` in the text-only stage: the scene's caption."""
+    return f"Scene: {scene_caption}\n"
 
 
 def llava_record(record_id: str, image: str, qas: List[QA]) -> dict:

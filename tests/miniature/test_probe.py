@@ -3,6 +3,8 @@ answer is known, the features and labels against the tower and the drawing, the 
 bad input gets one line."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,48 @@ def test_command_bad_input_gets_one_line(tmp_path, capsys):
         probe.main([SHIPPED, "--test-scenes", "0"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith("error: --test-scenes must be at least 1")
+
+
+class CaptionReader:
+    """A stand-in LM that answers every question from the caption in its prompt, by rules
+    written from the question templates (not from the probe): if the probe shows each
+    question its own scene's caption and scores by the official rules, it scores 100."""
+
+    def generate(self, prompts, images, max_new_tokens):
+        assert images == [None] * len(prompts) and max_new_tokens >= 2
+        return [self.answer(*re.match(r"Scene: (.*)\n(.*?)\n", p).groups()) for p in prompts]
+
+    @staticmethod
+    def answer(caption, question):
+        objects = [o.removeprefix("a ").removeprefix("the ").removeprefix("small ")
+                   for o in caption.rstrip(".").split(", ")]       # left to right
+        first = lambda cond, part: next((o.split()[part] for o in objects if cond(o)), "?")  # noqa: E731
+        if m := re.fullmatch(r"Is there a (.+) in the image\?", question):
+            return "Yes" if any(o.endswith(" " + m.group(1)) for o in objects) else "No"
+        if m := re.fullmatch(r"What colour is the (\w+)\?", question):
+            return first(lambda o: o.endswith(" " + m.group(1)), 0)
+        if m := re.fullmatch(r"Which shape is (\w+)\?", question):
+            return first(lambda o: o.startswith(m.group(1) + " ") and "letter" not in o, -1)
+        if m := re.fullmatch(r"How many (\w+)s are there\?", question):
+            return str(sum(o.endswith(" " + m.group(1)) for o in objects))
+        if m := re.fullmatch(r"What letter is written in (\w+)\?", question):
+            return first(lambda o: o.startswith(m.group(1) + " letter"), -1)
+        m = re.fullmatch(r"Is the (.+) to the left or right of the (.+)\?", question)
+        a, b = (objects.index(x) if x in objects else 0 for x in m.groups())
+        return "left" if a < b else "right"
+
+
+def test_caption_probe_shows_each_question_its_own_scene(tmp_path, monkeypatch):
+    from duet_jax.miniature.dataset import DataConfig, generate
+    data = generate(str(tmp_path / "data"), DataConfig(
+        seed=2, train_images=2, val_pope_per_split=1, val_textvqa=1, val_gqa=1,
+        test_pope_per_split=8, test_textvqa=6, test_gqa=12))
+    scores = probe.caption_scores(CaptionReader(), data, "test", str(tmp_path / "answers"))
+    assert sum(s["n"] for s in scores.values()) == 3 * 8 + 6 + 12
+    assert {k: s["score"] for k, s in scores.items()} == {k: 100.0 for k in scores}
+    assert "GQA left/right" in probe.format_caption_scores(scores)
+    # The same reader shown one scene's caption for every question is often wrong.
+    one = make_scene(2, "test-gqa", 0)[1]
+    monkeypatch.setattr(probe.dataset, "scene_of", lambda image, seed: one)
+    scores = probe.caption_scores(CaptionReader(), data, "test", str(tmp_path / "answers"))
+    assert sum(s["score"] for s in scores.values()) < 100.0 * len(scores) - 100
