@@ -21,7 +21,6 @@ tokenizer and image processor; stage 1 (`train.py`, tower frozen) starts from it
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from duet_jax.cli import Parser, guarded
 from duet_jax.miniature.scenes import COLORS, GLYPH_SHARE, LETTERS, SHAPES, label_map, make_scene
 
 COLOUR_CLASSES = 1 + len(COLORS)                     # 0 = background
@@ -162,7 +162,7 @@ def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
     from duet_jax.models.llava import LlavaModel
     from duet_jax.training import build
     from duet_jax.training.checkpoint import Checkpoints
-    from duet_jax.training.config import CheckpointConfig, load_config
+    from duet_jax.training.config import CheckpointConfig, ConfigError, load_config
     from duet_jax.training.export import export_trained
 
     cfg = load_config(config_path, [*overrides, f"output_dir={out_dir}"])
@@ -182,9 +182,14 @@ def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
     state = {"train": train, "opt": opt.init(train)}
     ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"),
                         CheckpointConfig(save_every=save_every, keep=1, async_save=False))
-    start, restored, _ = ckpts.restore_newest(
+    settings = dataclasses.asdict(tcfg)
+    start, restored, saved = ckpts.restore_newest(
         state, jax.tree.map(lambda a: a.sharding, state), warn=log)
     if restored is not None:
+        if saved.get("tower", settings) != settings:
+            ckpts.close()
+            raise ConfigError(f"{out_dir} holds a stage-0 run with other settings "
+                              f"({saved['tower']}); resume it with those, or use another --out")
         state = restored
         log(f"  tower: resuming from step {start}")
     layer = model_cfg.feature_layer_index
@@ -216,7 +221,7 @@ def pretrain_tower(config_path: str, overrides: Sequence[str], out_dir: str,
             f.write(json.dumps(dict(m, step=s + 1, step_time_s=seconds)) + "\n")
             f.flush()
             if ckpts.should_save(s + 1, tcfg.steps):
-                ckpts.save(s + 1, state, {"step": s + 1})
+                ckpts.save(s + 1, state, {"step": s + 1, "tower": settings})
             if (s + 1) % 50 == 0 or s + 1 == tcfg.steps:
                 log(f"  tower step {s + 1}/{tcfg.steps}: loss {m['loss']:.3f}, patch colour acc "
                     f"{m['colour_acc']:.2f}, kind acc {m['kind_acc']:.2f} (letters {m['letter_acc']:.2f}), image-label acc "
@@ -235,8 +240,15 @@ def _metric_lines(path: str, steps: int) -> list:
         return f.readlines()[:steps]
 
 
+def _train(args) -> int:
+    tcfg = TowerConfig(steps=args.steps, lr=args.lr, letter_weight=args.letter_weight,
+                       letter_share=args.letter_share)
+    print(pretrain_tower(args.config, args.overrides, args.out, tcfg, save_every=args.save_every))
+    return 0
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m duet_jax.miniature.tower", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/miniature.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", required=True)
@@ -249,10 +261,7 @@ def main(argv=None) -> int:
                    help="share of the tower's scenes drawn with two letters")
     p.add_argument("--save-every", type=int, default=100)
     args = p.parse_args(argv)
-    tcfg = TowerConfig(steps=args.steps, lr=args.lr, letter_weight=args.letter_weight,
-                       letter_share=args.letter_share)
-    print(pretrain_tower(args.config, args.overrides, args.out, tcfg, save_every=args.save_every))
-    return 0
+    return guarded(_train, args)
 
 
 if __name__ == "__main__":

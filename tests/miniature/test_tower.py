@@ -2,6 +2,7 @@
 uninterrupted one; the letter knobs weigh and draw what they say."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -15,6 +16,7 @@ from duet_jax.miniature import tower
 from duet_jax.miniature.dataset import DataConfig, generate
 from duet_jax.miniature.scenes import SHAPES, make_scene
 from duet_jax.resources import bundled_config
+from duet_jax.training.config import ConfigError
 
 TOY = DataConfig(seed=4, train_images=6, val_pope_per_split=1, val_textvqa=1, val_gqa=1,
                  test_pope_per_split=1, test_textvqa=1, test_gqa=1)
@@ -63,6 +65,10 @@ def test_a_killed_tower_run_resumes_to_the_uninterrupted_weights(overrides, tmp_
             for p in (whole, cut)]
     assert [r["step"] for r in rows[1]] == [1, 2, 3, 4]
     assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
+    # Resuming with other settings would train on a schedule the checkpoint never saw.
+    with pytest.raises(ConfigError, match="other settings"):
+        tower.pretrain_tower(bundled_config("miniature.yaml"), overrides, str(tmp_path / "cut"),
+                             dataclasses.replace(TOY_TOWER, lr=1e-3), log=lambda *_: None)
 
 
 def test_letter_share_draws_letters_into_every_tower_scene():
@@ -101,3 +107,9 @@ def test_letter_weight_weighs_letter_patches_only():
     default = tower.losses(Tower(), 0, params, batch)[1]["dense"]
     assert float(default) == pytest.approx(expected(tower.OBJECT_WEIGHT), rel=1e-5)
     assert expected(0.0) != pytest.approx(expected(40.0))     # the weight matters here
+
+
+def test_command_bad_input_gets_one_line(tmp_path, capsys):
+    assert tower.main(["--out", str(tmp_path / "run"), "--config", str(tmp_path / "no.yaml")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no.yaml" in err[0]
