@@ -52,7 +52,7 @@ class DataConfig:
                 for b in BENCHMARKS}
 
 
-def write_jsonl(path: str, rows: List[dict]) -> None:
+def _write_jsonl(path: str, rows: List[dict]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -118,9 +118,9 @@ def write_pope(out: str, cfg: DataConfig, split: str, per_split: int) -> None:
             rows.append(_question_row(s * 10_000_000 + k + 1, image, qa))
             labels.setdefault(category, []).append({"question_id": s * 10_000_000 + k + 1,
                                                     "label": qa.answer.lower()})
-    write_jsonl(os.path.join(out, split, "pope", "questions.jsonl"), rows)
+    _write_jsonl(os.path.join(out, split, "pope", "questions.jsonl"), rows)
     for category, lines in labels.items():
-        write_jsonl(os.path.join(out, split, "pope", "coco", f"coco_pope_{category}.json"), lines)
+        _write_jsonl(os.path.join(out, split, "pope", "coco", f"coco_pope_{category}.json"), lines)
 
 
 def _save_stream(out: str, cfg: DataConfig, split: str, stream: str, index: int) -> str:
@@ -141,7 +141,7 @@ def write_textvqa(out: str, cfg: DataConfig, split: str, count: int) -> None:
         image_id = f"{split[:1]}{index:015x}"       # TextVQA ids are 16-hex-like strings
         rows.append(_question_row(image_id, image, qa))
         data.append({"image_id": image_id, "question": qa.question, "answers": [qa.answer] * 10})
-    write_jsonl(os.path.join(out, split, "textvqa", "questions.jsonl"), rows)
+    _write_jsonl(os.path.join(out, split, "textvqa", "questions.jsonl"), rows)
     _write_json(os.path.join(out, split, "textvqa", "TextVQA_0.5.1_val.json"), {"data": data})
 
 
@@ -159,7 +159,7 @@ def write_gqa(out: str, cfg: DataConfig, split: str, count: int) -> None:
                             "isBalanced": True,
                             "types": {"structural": structural, "semantic": "attr",
                                       "detailed": qa.kind}}
-    write_jsonl(os.path.join(out, split, "gqa", "questions.jsonl"), rows)
+    _write_jsonl(os.path.join(out, split, "gqa", "questions.jsonl"), rows)
     _write_json(os.path.join(out, split, "gqa", "testdev_balanced_questions.json"), annotations)
 
 

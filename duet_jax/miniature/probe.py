@@ -27,6 +27,7 @@ from a caption that names every object it will not answer from the picture.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, Tuple
 
 import jax
@@ -172,17 +173,17 @@ def caption_scores(model, data_dir: str, split: str, out_dir: str,
                    batch_size: int = 16) -> Dict[str, Dict[str, float]]:
     """`evaluate.category_scores` of the LM answering every question of `split` from the
     caption (`caption_prompts`, greedy, no image); answer files go to `out_dir`."""
-    from duet_jax.evaluation.questions import answer_record
+    from duet_jax.evaluation.questions import AnswerWriter, answer_record
+    os.makedirs(out_dir, exist_ok=True)
     for benchmark in evaluate.BENCHMARKS:
         pairs = caption_prompts(data_dir, split, benchmark)
-        answers = []
-        for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i:i + batch_size]
-            answers += model.generate([p for _, p in chunk], [None] * len(chunk),
-                                      max_new_tokens=evaluate.MAX_NEW_TOKENS)
-        dataset.write_jsonl(f"{out_dir}/{benchmark}.jsonl",
-                            [answer_record(q, a, "caption-probe", f"caption-{k}")
-                             for k, ((q, _), a) in enumerate(zip(pairs, answers))])
+        with AnswerWriter(os.path.join(out_dir, f"{benchmark}.jsonl")) as writer:
+            for i in range(0, len(pairs), batch_size):
+                chunk = pairs[i:i + batch_size]
+                answers = model.generate([p for _, p in chunk], [None] * len(chunk),
+                                         max_new_tokens=evaluate.MAX_NEW_TOKENS)
+                for k, ((q, _), a) in enumerate(zip(chunk, answers), start=i):
+                    writer.write(answer_record(q, a, "caption-probe", f"caption-{k}"))
     return evaluate.category_scores(data_dir, split, out_dir)
 
 
