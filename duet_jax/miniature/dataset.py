@@ -38,13 +38,13 @@ class DataConfig:
     """Sizes of the data set. Eval counts are questions per split (POPE: per category)."""
     seed: int = 0
     train_images: int = 6000
-    layout: int = 5         # bump when the questions change (re-keys every cache)
+    layout: int = 6         # bump when the questions change (re-keys every cache)
     val_pope_per_split: int = 20
     val_textvqa: int = 30
     val_gqa: int = 40
     test_pope_per_split: int = 60
-    test_textvqa: int = 90
-    test_gqa: int = 120
+    test_textvqa: int = 180       # >= 180 questions a benchmark; GQA: 60 of each kind
+    test_gqa: int = 240
 
     def counts(self, split: str) -> Dict[str, int]:
         prefix = "val" if split == "val" else "test"

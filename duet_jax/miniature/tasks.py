@@ -57,17 +57,23 @@ def present_objects(scene: Scene) -> list:
     return [o for o in OBJECTS if o in names]
 
 
-def absent_object(scene: Scene, split: str, rng: random.Random) -> str:
-    """A category not in the scene, drawn as POPE split `split` draws negatives.
+def is_letter(category: str) -> bool:
+    return category.startswith("letter")
+
+
+def absent_object(scene: Scene, split: str, rng: random.Random,
+                  letter: Optional[bool] = None) -> str:
+    """A category not in the scene, drawn as POPE split `split` draws negatives;
+    `letter` True / False keeps to letters / shapes.
 
     Falls back to the next easier split when the scene cannot host the harder one
     (adversarial -> popular -> random).
     """
     present = present_objects(scene)
-    absent = [o for o in OBJECTS if o not in present]
+    absent = [o for o in OBJECTS if o not in present and letter in (None, is_letter(o))]
     alike = {a for o in present for a in LOOKALIKE[o]}
     pools = {"adversarial": [o for o in absent if o in alike],
-             "popular": [o for o in absent if not o.startswith("letter")],
+             "popular": [o for o in absent if not is_letter(o)],
              "random": absent}
     order = POPE_SPLITS[POPE_SPLITS.index(split):]
     for name in order:
@@ -76,13 +82,40 @@ def absent_object(scene: Scene, split: str, rng: random.Random) -> str:
     raise ValueError("a scene with every object category has no absent object")
 
 
-def pope_question(scene: Scene, rng: random.Random, positive: bool, split: str) -> Optional[QA]:
-    present = present_objects(scene)
-    if not present:
+def pope_question(scene: Scene, rng: random.Random, positive: bool, split: str,
+                  letter: Optional[bool] = None) -> Optional[QA]:
+    """An existence question (`letter` True / False: about a letter / a shape)."""
+    everything = present_objects(scene)
+    present = [o for o in everything if letter in (None, is_letter(o))]
+    absent = [o for o in OBJECTS if o not in everything and letter in (None, is_letter(o))]
+    if not everything or not (present if positive else absent):
         return None
-    thing = rng.choice(present) if positive else absent_object(scene, split, rng)
+    thing = rng.choice(present) if positive else absent_object(scene, split, rng, letter)
     question = f"Is there a {thing} in the image?"
     return QA("pope", question, "Yes" if positive else "No", _short(question), split)
+
+
+def existence_questions(scene: Scene, rng: random.Random, per_kind: int = 2) -> List[QA]:
+    """Training Yes/No questions with as many Yes as No for shapes and for letters alike.
+
+    Drawing a present object for Yes and an absent one for No (POPE's construction)
+    leaves the category a strong prior in training: scenes hold 2-4 shapes of 4 kinds
+    but at most 2 of 8 letters, so a shape question is mostly Yes and a letter one
+    mostly No, and a small LM learns that prior and stops looking (it answered every
+    shape Yes and every letter No). So shapes come in Yes/No pairs, and a scene with
+    letters asks about both (Yes) and one absent letter (No) while one without asks
+    about one absent letter: with letters in half the scenes, 2 Yes to 2 No per two scenes.
+    """
+    out = []
+    rounds = per_kind // 2 if scene.letters else per_kind
+    for _ in range(rounds):
+        out.append(pope_question(scene, rng, True, "random", letter=False))
+        out.append(pope_question(scene, rng, False, rng.choice(POPE_SPLITS), letter=False))
+    for thing in scene.letters:
+        question = f"Is there a letter {thing.letter} in the image?"
+        out.append(QA("pope", question, "Yes", _short(question), "random"))
+    out.append(pope_question(scene, rng, False, rng.choice(POPE_SPLITS), letter=True))
+    return [qa for qa in out if qa is not None]
 
 
 def colour_question(scene: Scene, rng: random.Random) -> Optional[QA]:
@@ -155,14 +188,12 @@ GQA_MAKERS = {"colour": colour_question, "shape": shape_question, "count": count
 
 def training_questions(scene: Scene, rng: random.Random, per_family: int = 2) -> List[QA]:
     """Up to `per_family` questions of each family the scene can carry (existence:
-    that many Yes and that many No), duplicates removed: one multi-turn LLaVA
+    `existence_questions`), duplicates removed: one multi-turn LLaVA
     record: a first turn of any family but the caption, then existence, reading,
     GQA, and the caption last (shuffled inside each group). The 576 image tokens dominate a sample's cost, so many
     answers per image make training far cheaper per supervised answer."""
-    out = []
+    out = existence_questions(scene, rng, per_family)
     for _ in range(per_family):
-        out.append(pope_question(scene, rng, True, "random"))
-        out.append(pope_question(scene, rng, False, rng.choice(POPE_SPLITS)))
         out += [make(scene, rng) for make in GQA_MAKERS.values()]
         out.append(read_question(scene, rng))
     out.append(caption(scene, rng))

@@ -183,6 +183,22 @@ def test_training_turns_leak_no_answer_and_open_with_every_family():
     assert firsts == set(rank) - {"caption"}      # the eval asks every family as a first turn
 
 
+def test_training_existence_questions_carry_no_answer_prior():
+    """Yes and No equally often for shape and for letter questions (and the answers true)."""
+    counts = {(letter, answer): 0 for letter in (False, True) for answer in ("Yes", "No")}
+    for index in range(600):
+        _, scene = make_scene(0, "train", index)
+        present = tasks.present_objects(scene)
+        for qa in tasks.training_questions(scene, rng_for(0, "train-q", index)):
+            if qa.kind == "pope":
+                thing = qa.question[len("Is there a "):-len(" in the image?")]
+                assert (thing in present) == (qa.answer == "Yes")
+                counts[(tasks.is_letter(thing), qa.answer)] += 1
+    for letter in (False, True):
+        yes, no = counts[(letter, "Yes")], counts[(letter, "No")]
+        assert yes + no > 500 and abs(yes / (yes + no) - 0.5) < 0.04, counts
+
+
 def test_category_scores_split_each_benchmark_by_kind_of_question(data_dir, tmp_path):
     from duet_jax.evaluation.questions import answer_record, load_questions
     from duet_jax.miniature.evaluate import CATEGORIES, category_scores
