@@ -98,7 +98,7 @@ def agreement_and_presets(workdir: str, presets) -> None:
               f"jitted {dt * 1e3:.0f} ms, average visual tokens per LM layer {avg:.2f}")
 
 
-README_SECONDS = 488    # README, "Two commands": a fresh clone's `make demo`, installs included
+README_SECONDS = 657    # README, "Two commands": a fresh clone's `make demo`, installs included
 
 
 def wall_time_line(seconds: float) -> str:
