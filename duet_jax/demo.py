@@ -148,7 +148,7 @@ def _demo(args) -> int:
         result = run(PipelineConfig(out=args.workdir, from_scratch=args.from_scratch),
                      log=lambda line: print(line, flush=True))
         print(f"\n{result['inference_table']}\n\n{result['reading_table']}\n\n"
-              f"{result['trained_table']}")
+              f"{result['trained_table']}\n\n{result['spread_table']}")
         print(f"\nplot: {result['plot']}\nkept-token pictures: {result['kept_dir']}/\n"
               f"report: {result['report']}")
     print(wall_time_line(time.perf_counter() - t0))

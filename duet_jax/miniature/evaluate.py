@@ -100,40 +100,91 @@ GQA_KIND_LABELS = {"colour": "GQA colour", "shape": "GQA shape", "count": "GQA c
 CATEGORIES = ("POPE shapes", "POPE letters", "TextVQA", *GQA_KIND_LABELS.values())
 
 
-def category_scores(data_dir: str, split: str, answers_dir: str) -> Dict[str, Dict[str, float]]:
-    """{category: {"score", "n", "values"}} over CATEGORIES: each question scored by its
-    official rule (POPE's yes/no parse, TextVQA's soft accuracy, GQA's exact match; the
-    per-question scores in question-file order are "values"), averaged x100 per kind, so
-    a table can say which kinds the model reads from the picture (POPE mixes shape and
-    letter questions; GQA four kinds). `answers_dir`: one run's <benchmark>.jsonl files."""
+def question_records(data_dir: str, split: str, answers_dir: str) -> Dict[str, dict]:
+    """Every question of each benchmark, in question-file order, scored by its official rule
+    (POPE's yes/no parse with labels paired by position as the official scorer pairs them,
+    TextVQA's soft accuracy, GQA's exact match): {benchmark: {"kind": [category], "value":
+    [score 0-1], "stratum": [int]}}, POPE also "said" / "label" (1 = yes; a label other
+    than "no" is positive, as officially) with its split as the stratum. What a headline
+    is computed from (`resampled_headline`). `answers_dir`: one run's <benchmark>.jsonl."""
     from duet_jax.evaluation.io import read_jsonl
     from duet_jax.evaluation.scoring import gqa, pope, textvqa
-    per: Dict[str, list] = {c: [] for c in CATEGORIES}
+    out = {b: {"kind": [], "value": [], "stratum": []} for b in BENCHMARKS}
+    out["pope"].update(said=[], label=[])
+
+    def add(benchmark, kind, value, stratum=0):
+        rec = out[benchmark]
+        rec["kind"].append(kind)
+        rec["value"].append(float(value))
+        rec["stratum"].append(stratum)
+
     answers = {b: {str(a["question_id"]): a["text"]
                    for a in read_jsonl(os.path.join(answers_dir, f"{b}.jsonl"))}
                for b in BENCHMARKS}
     paths = {b: eval_paths(data_dir, split, b) for b in BENCHMARKS}
-    # Labels pair with each split's questions by position, as the official scorer pairs them.
-    labels = {split: iter(lines) for split, lines in
-              pope.load_labels(paths["pope"]["annotations"]).items()}
+    pope_labels = pope.load_labels(paths["pope"]["annotations"])
+    labels = {name: iter(lines) for name, lines in pope_labels.items()}
+    splits = sorted(pope_labels)
     for q in read_jsonl(paths["pope"]["questions"]):
-        kind = "POPE letters" if " letter " in q["text"] else "POPE shapes"
         said = pope.parse_yes_no(answers["pope"][str(q["question_id"])])
-        per[kind].append(said == next(labels[q["category"]]))
+        label = next(labels[q["category"]])
+        add("pope", "POPE letters" if " letter " in q["text"] else "POPE shapes", said == label,
+            splits.index(q["category"]))
+        out["pope"]["said"].append(int(said == "yes"))
+        out["pope"]["label"].append(int(label != "no"))
     with open(paths["textvqa"]["annotations"], encoding="utf-8") as f:
         truth = {d["image_id"]: d["answers"] for d in json.load(f)["data"]}
     for q in read_jsonl(paths["textvqa"]["questions"]):
         qid = str(q["question_id"])
-        per["TextVQA"].append(textvqa.soft_accuracy(answers["textvqa"][qid], truth[qid]))
+        add("textvqa", "TextVQA", textvqa.soft_accuracy(answers["textvqa"][qid], truth[qid]))
     with open(paths["gqa"]["annotations"], encoding="utf-8") as f:
         gqa_truth = json.load(f)
     for q in read_jsonl(paths["gqa"]["questions"]):
-        qid = str(q["question_id"])
-        t = gqa_truth[qid]
-        per[GQA_KIND_LABELS[t["types"]["detailed"]]].append(
-            gqa.convert_prediction(answers["gqa"][qid]) == t["answer"])
-    return {c: {"score": 100.0 * float(np.mean(v)), "n": len(v),
-                "values": [float(x) for x in v]} for c, v in per.items() if v}
+        t = gqa_truth[str(q["question_id"])]
+        add("gqa", GQA_KIND_LABELS[t["types"]["detailed"]],
+            gqa.convert_prediction(answers["gqa"][str(q["question_id"])]) == t["answer"])
+    return out
+
+
+def category_scores(data_dir: str, split: str, answers_dir: str,
+                    records: Optional[dict] = None) -> Dict[str, Dict[str, float]]:
+    """{category: {"score", "n", "values"}} over CATEGORIES (`question_records`, or
+    `records` from it, grouped by kind; "values": the per-question scores in question-file
+    order), averaged x100 per kind, so a table can say which kinds the model reads from
+    the picture (POPE mixes shape and letter questions; GQA four kinds)."""
+    per: Dict[str, list] = {c: [] for c in CATEGORIES}
+    records = records or question_records(data_dir, split, answers_dir)
+    for rec in records.values():
+        for kind, value in zip(rec["kind"], rec["value"]):
+            per[kind].append(value)
+    return {c: {"score": 100.0 * float(np.mean(v)), "n": len(v), "values": v}
+            for c, v in per.items() if v}
+
+
+def scored_answers(data_dir: str, split: str, answers_dir: str) -> dict:
+    """{"questions": `question_records`, "categories": `category_scores`} of one run."""
+    records = question_records(data_dir, split, answers_dir)
+    return {"questions": records,
+            "categories": category_scores(data_dir, split, answers_dir, records)}
+
+
+def resampled_headline(benchmark: str, record: dict, idx: np.ndarray) -> np.ndarray:
+    """The benchmark's headline x100 (HEADLINE) on resampled questions: idx [D, N] indexes
+    `question_records`' lists, each position within its own stratum -> [D]. POPE: F1 per
+    split in counts form, 2tp / (2tp + fp + fn) (0 without positives on either side, as
+    docs/EVAL.md §10 sets it), averaged over the splits; the others: the mean score."""
+    if benchmark != "pope":
+        return 100.0 * np.asarray(record["value"], np.float64)[idx].mean(axis=-1)
+    said = np.asarray(record["said"], bool)[idx]
+    label = np.asarray(record["label"], bool)[idx]
+    stratum = np.asarray(record["stratum"])
+    f1 = []
+    for k in np.unique(stratum):
+        m = stratum == k            # a resample keeps every position in its stratum
+        tp = (said & label)[..., m].sum(-1)
+        wrong = (said != label)[..., m].sum(-1)
+        f1.append(np.where(tp > 0, 2.0 * tp / np.maximum(2 * tp + wrong, 1), 0.0))
+    return 100.0 * np.mean(f1, axis=0)
 
 
 def headlines(blocks: dict) -> Dict[str, float]:
@@ -164,7 +215,7 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
                    split: str, out_dir: str, *, batch_size: int = 16, save_kept: int = 2,
                    model_digest: str = "", log=print) -> dict:
     """{name: {"scores": {benchmark: headline}, "blocks", "seconds" (time_prefill), "eval_s",
-    "categories" (`category_scores`)}}
+    "categories" (`category_scores`), "questions" (`question_records`)}}
     for every (name -> ReductionConfig or None) in `configs` (name BLIND: unreduced, every
     question shown another question's image); cached in out_dir/results.json for
     the model `model_digest` (another digest clears out_dir first)."""
@@ -179,8 +230,13 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
             results = stored["results"]
         else:       # answers of another model: stale (the runner would resume them)
             shutil.rmtree(out_dir)
-    # Entries cached before the per-category scores existed are evaluated again.
-    todo = [n for n in configs if "categories" not in results.get(n, {})]
+    for name in configs:    # cached before the per-question records were kept: re-read
+        answers = os.path.join(out_dir, "answers", name)
+        if ("categories" in results.get(name, {}) and "questions" not in results[name]
+                and os.path.isdir(answers)):
+            results[name].update(scored_answers(data_dir, split, answers))
+    # Entries without them (no answers left to re-read) are evaluated again.
+    todo = [n for n in configs if "questions" not in results.get(n, {})]
     if not todo:
         return {n: results[n] for n in configs}
     model = load_model(model_path)
@@ -198,7 +254,7 @@ def evaluate_model(model_path: str, configs: Dict[str, Optional[object]], data_d
         eval_s = time.perf_counter() - t0
         seconds = time_prefill(model, reduction, batch)
         results[name] = {"scores": headlines(blocks), "blocks": blocks, "seconds": seconds,
-                         "eval_s": eval_s, "categories": category_scores(
+                         "eval_s": eval_s, **scored_answers(
                              data_dir, split, os.path.join(out_dir, "answers", name))}
         scores = ", ".join(f"{b} {v:.1f}" for b, v in results[name]["scores"].items())
         log(f"  {name}: {scores} ({eval_s:.0f} s)")

@@ -200,19 +200,21 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable[[str], None] = pri
     inference = report.inference_table(results, table_presets, "unreduced", num_layers,
                                        presets.table_notes(table_presets, num_layers))
     reading = report.reading_table(results, "unreduced")
-    trained_tab = report.trained_table(results, "unreduced",
-                                       presets.duet(cfg.trained_budget, num_layers).name,
-                                       trained_name, cfg.trained_budget, trained)
+    duet_inference = presets.duet(cfg.trained_budget, num_layers).name
+    trained_tab = report.trained_table(results, "unreduced", duet_inference, trained_name,
+                                       cfg.trained_budget, trained)
+    spread = report.spread_table(results, table_presets, "unreduced",
+                                 (trained_name, duet_inference))
     out = _abs(cfg.out)
     os.makedirs(out, exist_ok=True)
     plot_path = os.path.join(out, "accuracy_vs_tokens.png")
     report.plot(plot_path, results, table_presets, "unreduced", trained_name,
                 cfg.trained_budget, num_layers)
     kept = copy_pictures(cfg, [c.name for cfgs in table_presets.values() for _, c in cfgs if c])
-    report.write_report(os.path.join(out, "report.md"), [inference, reading, trained_tab])
+    report.write_report(os.path.join(out, "report.md"), [inference, reading, trained_tab, spread])
     seconds = time.perf_counter() - t0
     return {"inference_table": inference, "reading_table": reading,
-            "trained_table": trained_tab, "results": results,
+            "trained_table": trained_tab, "spread_table": spread, "results": results,
             "training": trained, "plot": plot_path, "kept_dir": kept,
             "report": os.path.join(out, "report.md"), "seconds": seconds,
             "duet_name": duet_name, "num_layers": num_layers}
@@ -258,6 +260,8 @@ def main(argv=None) -> int:
     print(result["reading_table"])
     print()
     print(result["trained_table"])
+    print()
+    print(result["spread_table"])
     print(f"\nplot: {result['plot']}\nkept-token pictures: {result['kept_dir']}\n"
           f"report: {result['report']}\ntotal {result['seconds']:.0f} s")
     if args.export_pretrained:

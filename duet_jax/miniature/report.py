@@ -21,7 +21,7 @@ import numpy as np
 
 from duet_jax.evaluation.scoring.relative import relative_average
 from duet_jax.miniature.dataset import BENCHMARKS
-from duet_jax.miniature.evaluate import BLIND
+from duet_jax.miniature.evaluate import BLIND, resampled_headline
 
 LABELS = {"pope": "POPE F1", "textvqa": "TextVQA", "gqa": "GQA"}
 GROUNDED_MARGIN = 10.0      # points above the blind control
@@ -119,6 +119,24 @@ def trained_table(results: dict, base_name: str, duet_name: str, trained_name: s
 BOOTSTRAP_DRAWS = 2000
 
 
+def resample_indices(strata: Sequence[int], draws: int = BOOTSTRAP_DRAWS,
+                     seed: int = 0) -> np.ndarray:
+    """[draws, N] question indices: each position drawn with replacement from the questions
+    of its own stratum (POPE's splits, whose F1s are averaged, keep their sizes). Seeded."""
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    idx = np.empty((draws, strata.size), np.int64)
+    for k in np.unique(strata):
+        members = np.flatnonzero(strata == k)
+        idx[:, members] = members[rng.integers(0, members.size, (draws, members.size))]
+    return idx
+
+
+def _percentiles(diffs: np.ndarray, level: float) -> Tuple[float, float]:
+    tail = 100.0 * (1.0 - level) / 2.0
+    return float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100.0 - tail))
+
+
 def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95,
                     draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> Tuple[float, float]:
     """Percentile bootstrap interval (points) of mean(a) - mean(b) x100, where a[i] and b[i]
@@ -127,10 +145,63 @@ def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95,
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or not a.size:
         raise ValueError(f"paired scores need the same questions: {a.shape} vs {b.shape}")
-    idx = np.random.default_rng(seed).integers(0, a.size, (draws, a.size))
-    diffs = 100.0 * (a[idx] - b[idx]).mean(axis=1)
-    tail = 100.0 * (1.0 - level) / 2.0
-    return float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100.0 - tail))
+    idx = resample_indices(np.zeros(a.size, np.int64), draws, seed)
+    return _percentiles(100.0 * (a[idx] - b[idx]).mean(axis=1), level)
+
+
+def headline_interval(benchmark: str, a: dict, b: dict, level: float = 0.95,
+                      draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> Tuple[float, float]:
+    """`paired_interval` for a benchmark's headline (POPE's mean F1 is no mean of question
+    scores): a, b are two runs' `evaluate.question_records` of it, resampled together
+    within POPE's splits."""
+    if a["stratum"] != b["stratum"] or not a["stratum"]:
+        raise ValueError("paired runs need the same questions")
+    idx = resample_indices(a["stratum"], draws, seed)
+    return _percentiles(resampled_headline(benchmark, a, idx)
+                        - resampled_headline(benchmark, b, idx), level)
+
+
+def spread_table(results: dict, table_presets: dict, base_name: str,
+                 trained: Optional[Tuple[str, str]] = None) -> str:
+    """How sure each difference is: every reduced row of the inference table against the
+    unreduced model, the paper's orderings (DUET, VisionZip, PyramidDrop) at each budget,
+    and `trained` = (DUET-trained run, its inference-only run); each cell the difference
+    in headline points with its 95 % paired bootstrap interval over the questions."""
+    pairs = []
+    budgets = sorted({b for cfgs in table_presets.values() for b, c in cfgs if c}, reverse=True)
+    for budget in budgets:
+        named = {m: c.name for m, cfgs in table_presets.items() for b, c in cfgs
+                 if c is not None and b == budget}
+        pairs += [(f"{m} {budget} - unreduced", n, base_name) for m, n in named.items()]
+    for budget in budgets:
+        named = {m: c.name for m, cfgs in table_presets.items() for b, c in cfgs
+                 if c is not None and b == budget}
+        for x, y in (("DUET", "VisionZip"), ("DUET", "PyramidDrop"), ("VisionZip", "PyramidDrop")):
+            if x in named and y in named:
+                pairs.append((f"{x} - {y} at {budget}", named[x], named[y]))
+    if trained is not None:
+        pairs.append(("DUET trained - inference-only", *trained))
+    in_avg = grounded(results, base_name)
+    head = f"{'difference':<34}" + "".join(
+        f"{LABELS[b] + ('' if b in in_avg else '*'):>24}" for b in BENCHMARKS)
+    lines = ["How sure each difference is (points, 95% paired bootstrap interval over the "
+             "questions):", head, "-" * len(head)]
+    for label, a, b in pairs:
+        if a not in results or b not in results:
+            continue
+        cells = []
+        for bench in BENCHMARKS:
+            qa, qb = results[a]["questions"][bench], results[b]["questions"][bench]
+            lo, hi = headline_interval(bench, qa, qb)
+            diff = results[a]["scores"][bench] - results[b]["scores"][bench]
+            cells.append(f"{diff:+6.1f} [{lo:+6.1f},{hi:+6.1f}]")
+        lines.append(f"{label:<34}" + "".join(f"{c:>24}" for c in cells))
+    lines.append("an interval that excludes 0 is a difference the questions support; "
+                 f"POPE is resampled within its splits ({BOOTSTRAP_DRAWS} draws)")
+    if len(in_avg) < len(BENCHMARKS):
+        lines.append(f"* within {GROUNDED_MARGIN:.0f} points of the blind control: "
+                     "a difference there moves the answer prior, not reading")
+    return "\n".join(lines)
 
 
 def reading_table(results: dict, base_name: str) -> str:

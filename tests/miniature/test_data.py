@@ -231,3 +231,31 @@ def test_category_scores_split_each_benchmark_by_kind_of_question(data_dir, tmp_
     scores = write(wrong_kind="count")
     assert scores["GQA count"]["score"] == 0.0
     assert all(s["score"] == pytest.approx(100.0) for k, s in scores.items() if k != "GQA count")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_question_records_give_back_the_official_headlines(data_dir, tmp_path, seed):
+    """Each benchmark's headline recomputed from the per-question records (what the
+    bootstrap resamples) equals the official-rule scorer's, for answers mixing right,
+    wrong and unparseable ones (POPE: F1 per split, then averaged)."""
+    import random
+    from duet_jax.evaluation.questions import answer_record, load_questions
+    from duet_jax.evaluation.scoring import score_benchmark
+    from duet_jax.miniature.evaluate import HEADLINE, question_records, resampled_headline
+    rng = random.Random(seed)
+    blocks = {}
+    for benchmark in ("pope", "textvqa", "gqa"):
+        paths = eval_paths(data_dir, "test", benchmark)
+        truth = _truth(benchmark, paths)
+        with open(tmp_path / f"{benchmark}.jsonl", "w") as f:
+            for q in load_questions(benchmark, paths["questions"]):
+                answer = rng.choice([truth[q.question_id], "Yes", "No", "7", "blue, no."])
+                f.write(json.dumps(answer_record(q, answer, "toy")) + "\n")
+        blocks[benchmark] = score_benchmark(benchmark, str(tmp_path / f"{benchmark}.jsonl"),
+                                            paths["annotations"], paths["questions"])
+    records = question_records(data_dir, "test", str(tmp_path))
+    for benchmark, rec in records.items():
+        every = np.arange(len(rec["value"]))[None]
+        assert resampled_headline(benchmark, rec, every)[0] == pytest.approx(
+            blocks[benchmark][HEADLINE[benchmark]], abs=1e-9), benchmark
+    assert sorted(set(records["pope"]["stratum"])) == [0, 1, 2]

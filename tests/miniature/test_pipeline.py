@@ -63,8 +63,12 @@ def test_toy_pipeline_end_to_end(tmp_path):
     # Every run is also scored per kind of question, and the control table compares them.
     assert all(r["categories"]["TextVQA"]["n"] == TOY.test_textvqa for r in results.values())
     assert result["reading_table"].splitlines()[0].startswith("What the unreduced model reads")
+    # ... and every difference the tables show gets its bootstrap interval.
+    assert "DUET 64 - unreduced" in result["spread_table"]
+    assert "DUET trained - inference-only" in result["spread_table"]
     with open(result["report"]) as f:
-        assert "per kind of question" in f.read()
+        written = f.read()
+    assert "per kind of question" in written and "How sure each difference is" in written
     # The text-only stage, stage 1 and both fine-tuning arms ran train.py's loop.
     assert os.path.isdir(os.path.join(cfg.workdir, "runs", "text", "final"))
     for stage in ("pretrain", "finetune-full", "finetune-duet"):

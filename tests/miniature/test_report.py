@@ -1,11 +1,13 @@
 """The miniature tables: Avg covers only the benchmarks read from the picture."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from duet_jax.miniature import report
-from duet_jax.miniature.evaluate import BLIND
+from duet_jax.miniature.evaluate import BLIND, resampled_headline
 
 
 def _results(base, blind, reduced):
@@ -108,3 +110,76 @@ def test_paired_interval_covers_the_difference_and_shrinks_with_more_questions()
     assert report.paired_interval(a, b) == report.paired_interval(a, b)   # seeded
     with pytest.raises(ValueError, match="same questions"):
         report.paired_interval([1, 0], [1])
+
+
+def _pope_record(said, label, stratum):
+    said, label = np.asarray(said, int), np.asarray(label, int)
+    return {"said": said.tolist(), "label": label.tolist(), "stratum": list(stratum),
+            "value": (said == label).astype(float).tolist(), "kind": ["POPE shapes"] * len(said)}
+
+
+def test_resample_indices_stay_in_their_stratum_and_match_the_plain_bootstrap():
+    strata = [0, 0, 1, 1, 1, 2]
+    idx = report.resample_indices(strata, draws=500, seed=3)
+    assert idx.shape == (500, 6)
+    assert (np.asarray(strata)[idx] == np.asarray(strata)).all()
+    assert set(np.unique(idx[:, 2:5])) == {2, 3, 4}          # every member gets drawn
+    # One stratum: the draws of the plain paired bootstrap, so its intervals are unchanged.
+    plain = np.random.default_rng(0).integers(0, 7, (report.BOOTSTRAP_DRAWS, 7))
+    assert np.array_equal(report.resample_indices([5] * 7), plain)
+
+
+def test_headline_interval_of_pope_f1():
+    rng = np.random.default_rng(0)
+    label = rng.random(300) < 0.5
+    stratum = np.repeat([0, 1, 2], 100)
+    good = _pope_record(np.where(rng.random(300) < 0.9, label, ~label), label, stratum)
+    bad = _pope_record(np.where(rng.random(300) < 0.6, label, ~label), label, stratum)
+    assert report.headline_interval("pope", good, good) == (0.0, 0.0)
+    every = np.arange(300)[None]
+    diff = (resampled_headline("pope", good, every)
+            - resampled_headline("pope", bad, every))[0]
+    lo, hi = report.headline_interval("pope", good, bad)
+    assert 0.0 < lo < diff < hi
+    # An all-"no" run has F1 0 in every split (docs/EVAL.md §10), whatever the resample.
+    silent = _pope_record(np.zeros(300), label, stratum)
+    assert resampled_headline("pope", silent, report.resample_indices(stratum, 50)).max() == 0
+    with pytest.raises(ValueError, match="same questions"):
+        report.headline_interval("pope", good, _pope_record([1], [1], [0]))
+
+
+def test_spread_table_rows_and_cells():
+    from duet_jax.reduction import ReductionConfig
+    rng = np.random.default_rng(1)
+
+    label = rng.random(200) < 0.5
+
+    def run(p):      # 200 questions a benchmark, each answered right with probability p
+        right = rng.random(200) < p
+        rec = {"value": right.astype(float).tolist(), "stratum": [0] * 200,
+               "kind": ["GQA colour"] * 200}
+        pope = _pope_record(np.where(right, label, ~label), label, [0] * 200)
+        questions = {"pope": pope, "textvqa": rec, "gqa": rec}
+        every = np.arange(200)[None]
+        return {"questions": questions, "scores": {
+            b: float(resampled_headline(b, questions[b], every)[0]) for b in questions}}
+
+    results = {name: run(p) for name, p in
+               (("unreduced", 0.8), (BLIND, 0.3), ("duet", 0.5), ("vz", 0.7))}
+    table_presets = {"DUET": [(64, ReductionConfig(name="duet"))],
+                     "VisionZip": [(64, ReductionConfig(name="vz"))],
+                     "PyramidDrop": [(64, None)]}
+    text = report.spread_table(results, table_presets, "unreduced")
+    rows = {line[:34].strip(): [float(x) for x in re.findall(r"[-+]?\d+\.\d", line[34:])]
+            for line in text.splitlines()[3:]}
+    assert set(rows) >= {"DUET 64 - unreduced", "VisionZip 64 - unreduced", "DUET - VisionZip at 64"}
+    assert not any("PyramidDrop" in r for r in rows)                 # unreachable: no row
+    cells = rows["DUET - VisionZip at 64"]
+    diff = results["duet"]["scores"]["gqa"] - results["vz"]["scores"]["gqa"]
+    assert len(cells) == 9 and cells[-3] == pytest.approx(diff, abs=0.05)   # GQA: the last
+    lo, hi = cells[-2:]
+    assert lo < diff < hi < 0                        # 50 % vs 70 % of 200: a real gap
+    assert "*" not in text.splitlines()[1]           # every benchmark read: none starred
+    results[BLIND] = results["unreduced"]             # a control as good: none read
+    blind = report.spread_table(results, table_presets, "unreduced").splitlines()
+    assert "GQA*" in blind[1] and blind[-1].startswith("* within")
