@@ -171,8 +171,9 @@ def scored_answers(data_dir: str, split: str, answers_dir: str) -> dict:
 def resampled_headline(benchmark: str, record: dict, idx: np.ndarray) -> np.ndarray:
     """The benchmark's headline x100 (HEADLINE) on resampled questions: idx [D, N] indexes
     `question_records`' lists, each position within its own stratum -> [D]. POPE: F1 per
-    split in counts form, 2tp / (2tp + fp + fn) (0 without positives on either side, as
-    docs/EVAL.md §10 sets it), averaged over the splits; the others: the mean score."""
+    split in counts form, 2tp / (2tp + fp + fn), and 0 when tp = 0 (what the official
+    formula gives with docs/EVAL.md §10's zero denominators), averaged over the splits;
+    the others: the mean score."""
     if benchmark != "pope":
         return 100.0 * np.asarray(record["value"], np.float64)[idx].mean(axis=-1)
     said = np.asarray(record["said"], bool)[idx]
