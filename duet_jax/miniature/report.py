@@ -167,15 +167,13 @@ def spread_table(results: dict, table_presets: dict, base_name: str,
     unreduced model, the paper's orderings (DUET, VisionZip, PyramidDrop) at each budget,
     and `trained` = (DUET-trained run, its inference-only run); each cell the difference
     in headline points with its 95 % paired bootstrap interval over the questions."""
-    pairs = []
     budgets = sorted({b for cfgs in table_presets.values() for b, c in cfgs if c}, reverse=True)
-    for budget in budgets:
-        named = {m: c.name for m, cfgs in table_presets.items() for b, c in cfgs
-                 if c is not None and b == budget}
-        pairs += [(f"{m} {budget} - unreduced", n, base_name) for m, n in named.items()]
-    for budget in budgets:
-        named = {m: c.name for m, cfgs in table_presets.items() for b, c in cfgs
-                 if c is not None and b == budget}
+    # {budget: {method: run name}} of the reachable rows
+    runs = {budget: {m: c.name for m, cfgs in table_presets.items() for b, c in cfgs
+                     if c is not None and b == budget} for budget in budgets}
+    pairs = [(f"{m} {budget} - unreduced", n, base_name)
+             for budget in budgets for m, n in runs[budget].items()]
+    for budget, named in runs.items():
         for x, y in (("DUET", "VisionZip"), ("DUET", "PyramidDrop"), ("VisionZip", "PyramidDrop")):
             if x in named and y in named:
                 pairs.append((f"{x} - {y} at {budget}", named[x], named[y]))
