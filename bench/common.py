@@ -198,16 +198,26 @@ def load_note() -> str:
     except OSError:
         return "load unknown"
 
+# Idle seconds before each timed call. A framework's worker threads spin for a while
+# after its last op (OpenMP's wait policy in torch, Eigen's pool in XLA), and a call
+# started in that window shares the cores with them: a CLIP attention layer timed
+# right after a torch call ran 48 ms against 33 ms for the same program timed later
+# (batch 8, 577 rows).
+SETTLE_SECONDS = 0.25
+
+
 def time_round_robin(fns: dict, *, repeats=5, record: dict = None) -> dict:
     """Median wall seconds per named thunk, timed in interleaved rounds so that drifting
-    machine load hits every setting alike (ratios stay meaningful on a shared CPU).
-    `record`, if given, receives every round's seconds per name."""
+    machine load hits every setting alike (ratios stay meaningful on a shared CPU), each
+    call after `SETTLE_SECONDS` of idle. `record`, if given, receives every round's
+    seconds per name."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns} if record is None else record
     times.update({name: [] for name in fns})
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(SETTLE_SECONDS)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

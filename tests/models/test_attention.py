@@ -1,8 +1,10 @@
 """The CPU attention in tiles (`duet_jax.models.attention.blocked_attention`) is
 `jax.nn.dot_product_attention`: causal with right padding (the LM prefill), full with
 and without a key mask (the towers), grouped-query heads, batch 1 (no sample loop) and
-batch > 1, a last tile shorter than the others, float32 and bfloat16, and gradients."""
+batch > 1, a last tile shorter than the others, float32 and bfloat16, and gradients,
+in each of its three plans."""
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,13 +13,18 @@ from duet_jax.models.attention import attend, blocked_attention
 from duet_jax.models.llama import causal_mask
 
 
-@pytest.fixture(params=["one key tile", "online tiles"])
+@pytest.fixture(params=["one key tile", "per sample, one key tile", "online tiles"])
 def plan(request, monkeypatch):
-    """Both plans of `blocked_attention`: the batch at once with one key tile per query
-    block (logits within CPU_LOGITS_BYTES), and per sample in online-softmax tiles."""
+    """The plans of `blocked_attention`: the batch at once with one key tile per query
+    block (logits within CPU_LOGITS_BYTES); per sample, CPU_SAMPLE_BLOCK query rows
+    against all keys (here 96: blocks of another size than the batch plan's, a short
+    last one); per sample in online-softmax tiles. Batch 1 always takes the first."""
     import duet_jax.models.attention as attention
     big = request.param == "one key tile"
+    per_sample = request.param == "per sample, one key tile"
     monkeypatch.setattr(attention, "CPU_LOGITS_BYTES", 1 << 40 if big else 0)
+    monkeypatch.setattr(attention, "CPU_SAMPLE_LOGITS_BYTES", 1 << 40 if per_sample else 0)
+    monkeypatch.setattr(attention, "CPU_SAMPLE_BLOCK", 96)
     return request.param
 
 
@@ -104,3 +111,34 @@ def test_tile_gradients_equal_dot_product_attention(b, plan):
                    argnums=(0, 1, 2))(q, k, v)
     for a, r in zip(ours, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-4, rtol=1e-4)
+
+
+def _exp_count(jaxpr) -> int:
+    """exp equations of a jaxpr, those inside loop bodies included (once each)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "exp"
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += _exp_count(sub)
+    return count
+
+
+@pytest.mark.parametrize("b,t,h,expected", [
+    (8, 577, 4, "per sample, one key tile"),   # a CLIP tower's layer at batch 8
+    (8, 300, 8, "per sample, one key tile"),   # a reduced LM segment at batch 8
+    (8, 640, 8, "online tiles"),               # the unreduced LM: a sample's block is 3.9 MB
+    (1, 640, 8, "one key tile")])              # batch 1: the batch plan
+def test_default_thresholds_pick_the_plan(b, t, h, expected):
+    """Which plan runs is read off the traced program: one exp per query block with one
+    key tile (per sample: inside the loop over samples), two per further key tile with
+    the online softmax (the rescale)."""
+    q, k, v = (jax.ShapeDtypeStruct((b, t, h, 16), jnp.float32),) * 3
+    mask = jax.ShapeDtypeStruct((b, 1, t, t), bool)
+    jaxpr = jax.make_jaxpr(lambda q, k, v, m: blocked_attention(q, k, v, m, 0.25, 128,
+                                                                causal=True))(q, k, v, mask)
+    query_blocks = {"one key tile": -(-t // 128), "per sample, one key tile": -(-t // 192)}
+    exps = _exp_count(jaxpr.jaxpr)
+    if expected == "online tiles":
+        assert exps > -(-t // 128)
+    else:
+        assert exps == query_blocks[expected]
