@@ -193,11 +193,18 @@ class LlavaModel:
                 prompt_lengths=None, salient_mask=None, segment_lengths=None,
                 return_kv: bool = False, splice_length: Optional[int] = None,
                 zoo_inputs=None) -> "Forward":
-        """Everything up to the final norm: final sequence, per-segment state, selections."""
+        """Everything up to the final norm: final sequence, per-segment state, selections.
+
+        `pixel_values` None: a batch whose input_ids hold no image token (the caller knows it
+        on the host, e.g. training's text-only steps); no tower runs and nothing is reduced.
+        """
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
         select = reduction.select if reduction is not None else None
-        if select is None:
+        if pixel_values is None:   # text only (a training step without images): no tower
+            feats = ImageFeatures(jnp.zeros((input_ids.shape[0], 0, self.config.text.hidden_size),
+                                            self.dtype), None)
+        elif select is None:
             feats = self.image_features(params, pixel_values, stage1)
         else:   # a zoo method at the LM input replaces Stage 1 (docs/BASELINES.md §9)
             feats = ImageFeatures(*select_image_tokens(self, params, pixel_values, select,

@@ -29,6 +29,7 @@ class StepLayout:
     images_in_every_sample: bool
     segment_lengths: Optional[Tuple[int, ...]]   # Stage-2 buffer per boundary, or None
     splice_length: Optional[int] = None          # LM input buffer after Stage 1 (mixed batches)
+    any_image: bool = True                       # False: a text-only step runs no tower
 
 
 def image_counts(config: LlavaConfig, reduction) -> Tuple[int, int, List[int]]:
@@ -80,21 +81,23 @@ def sample_lengths(batch: Dict[str, np.ndarray], config: LlavaConfig, reduction)
 
 def local_needs(batches: Sequence[Dict[str, np.ndarray]], config: LlavaConfig, reduction
                 ) -> np.ndarray:
-    """int64 [3 + S]: (longest padded length, all-images flag, longest length entering the
-    LM, longest length after each boundary)."""
+    """int64 [4 + S]: (longest padded length, all-images flag, any-image flag, longest length
+    entering the LM, longest length after each boundary)."""
     per_sample = np.concatenate([sample_lengths(b, config, reduction) for b in batches], axis=1)
     head = [max(b["input_ids"].shape[1] for b in batches),
-            all(bool(b["has_image"].all()) for b in batches)]
+            all(bool(b["has_image"].all()) for b in batches),
+            any(bool(b["has_image"].any()) for b in batches)]
     return np.concatenate([np.asarray(head, np.int64), per_sample.max(axis=1)])
 
 
 def agree(needs: np.ndarray) -> np.ndarray:
-    """Combine every process's `local_needs` (max lengths, AND of the image flag)."""
+    """Combine every process's `local_needs` (max lengths and any-image flag, AND of the
+    all-images flag)."""
     if jax.process_count() == 1:
         return needs
     from jax.experimental import multihost_utils
 
-    every = np.asarray(multihost_utils.process_allgather(needs))      # [P, 2 + S]
+    every = np.asarray(multihost_utils.process_allgather(needs))      # [P, 4 + S]
     out = every.max(axis=0)
     out[1] = every[:, 1].min()
     return out
@@ -102,16 +105,18 @@ def agree(needs: np.ndarray) -> np.ndarray:
 
 def plan_layout(needs: np.ndarray, config: LlavaConfig, reduction, bucket: int) -> StepLayout:
     """The step's static layout from the agreed needs."""
-    length, all_images = int(needs[0]), bool(needs[1])
+    length, all_images, any_image = int(needs[0]), bool(needs[1]), bool(needs[2])
     n_ids, n0, _ = image_counts(config, reduction)
     buffer = length - (n_ids - n0) if all_images else length
     # Mixed image/text batches still shrink by Stage 1: the host knows the longest sample.
-    splice = None if all_images else min(length, _round_up(int(needs[2]), bucket))
+    splice = None if all_images else min(length, _round_up(int(needs[3]), bucket))
     buffer = buffer if splice is None else splice
+    if not any_image:   # nothing to reduce: the unreduced forward, without the tower
+        return StepLayout(length, False, None, splice, any_image=False)
     if reduction is None or reduction.stage2 is None:
         return StepLayout(length, all_images, None, splice)
     segs = []
-    for longest in needs[3:]:
+    for longest in needs[4:]:
         buffer = min(buffer, _round_up(int(longest), bucket))
         segs.append(buffer)
     return StepLayout(length, all_images, tuple(segs), splice)

@@ -35,8 +35,14 @@ def cross_entropy_sums(logits: jax.Array, labels: jax.Array) -> Tuple[jax.Array,
 
 def loss_sums(model: LlavaModel, params: dict, batch: Dict[str, jax.Array], reduction,
               layout: StepLayout) -> Tuple[jax.Array, jax.Array]:
-    """One micro-batch [B, ...] -> (CE sum, target count) after any DUET reduction."""
-    logits, seq = model.apply(params, batch["input_ids"], batch["pixel_values"],
+    """One micro-batch [B, ...] -> (CE sum, target count) after any DUET reduction.
+
+    A text-only step (`layout.any_image` False) runs neither the tower, whose output no
+    sample would splice in, nor a reduction, which would have no image token to drop.
+    """
+    pixels = batch["pixel_values"] if layout.any_image else None
+    reduction = reduction if layout.any_image else None
+    logits, seq = model.apply(params, batch["input_ids"], pixels,
                               batch["attention_mask"], batch["labels"], reduction,
                               layout.images_in_every_sample, train=True,
                               segment_lengths=layout.segment_lengths,
