@@ -119,7 +119,7 @@ def blocked_attention(q, k, v, mask, scale: float, block: int, *, causal: bool):
     rows = min(CPU_SAMPLE_BLOCK, t)
     # a sample's block logits stay in L2: all keys at once; else the online tiles
     blocks = (rows, s) if h * rows * s * 4 <= CPU_SAMPLE_LOGITS_BYTES else (block, block)
-    if mask is None:
-        return jax.lax.map(lambda x: samples(*(a[None] for a in x), None, *blocks)[0],
-                           (q, k, v))
-    return jax.lax.map(lambda x: samples(*(a[None] for a in x), *blocks)[0], (q, k, v, mask))
+
+    def one(x):         # a None mask is an empty subtree: lax.map passes it through
+        return samples(*(None if a is None else a[None] for a in x), *blocks)[0]
+    return jax.lax.map(one, (q, k, v, mask))

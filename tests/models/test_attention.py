@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import duet_jax.models.attention as attention
 from duet_jax.models.attention import attend, blocked_attention
 from duet_jax.models.llama import causal_mask
 
@@ -19,7 +20,6 @@ def plan(request, monkeypatch):
     block (logits within CPU_LOGITS_BYTES); per sample, CPU_SAMPLE_BLOCK query rows
     against all keys (here 96: blocks of another size than the batch plan's, a short
     last one); per sample in online-softmax tiles. Batch 1 always takes the first."""
-    import duet_jax.models.attention as attention
     big = request.param == "one key tile"
     per_sample = request.param == "per sample, one key tile"
     monkeypatch.setattr(attention, "CPU_LOGITS_BYTES", 1 << 40 if big else 0)
@@ -134,11 +134,13 @@ def test_default_thresholds_pick_the_plan(b, t, h, expected):
     the online softmax (the rescale)."""
     q, k, v = (jax.ShapeDtypeStruct((b, t, h, 16), jnp.float32),) * 3
     mask = jax.ShapeDtypeStruct((b, 1, t, t), bool)
-    jaxpr = jax.make_jaxpr(lambda q, k, v, m: blocked_attention(q, k, v, m, 0.25, 128,
+    block = attention.CPU_ATTENTION_BLOCK
+    jaxpr = jax.make_jaxpr(lambda q, k, v, m: blocked_attention(q, k, v, m, 0.25, block,
                                                                 causal=True))(q, k, v, mask)
-    query_blocks = {"one key tile": -(-t // 128), "per sample, one key tile": -(-t // 192)}
+    query_blocks = {"one key tile": -(-t // block),
+                    "per sample, one key tile": -(-t // attention.CPU_SAMPLE_BLOCK)}
     exps = _exp_count(jaxpr.jaxpr)
     if expected == "online tiles":
-        assert exps > -(-t // 128)
+        assert exps > -(-t // block)
     else:
         assert exps == query_blocks[expected]
