@@ -198,6 +198,7 @@ class LlavaModel:
         `pixel_values` None: a batch whose input_ids hold no image token (the caller knows it
         on the host, e.g. training's text-only steps); no tower runs and nothing is reduced.
         """
+        reduction = None if pixel_values is None else reduction   # no image token to drop
         stage1 = reduction.stage1 if reduction is not None else None
         stage2 = reduction.stage2 if reduction is not None else None
         select = reduction.select if reduction is not None else None

@@ -37,11 +37,10 @@ def loss_sums(model: LlavaModel, params: dict, batch: Dict[str, jax.Array], redu
               layout: StepLayout) -> Tuple[jax.Array, jax.Array]:
     """One micro-batch [B, ...] -> (CE sum, target count) after any DUET reduction.
 
-    A text-only step (`layout.any_image` False) runs neither the tower, whose output no
-    sample would splice in, nor a reduction, which would have no image token to drop.
+    A text-only step (`layout.any_image` False) passes no pixels: the model then runs
+    neither the tower, whose output no sample would splice in, nor a reduction.
     """
     pixels = batch["pixel_values"] if layout.any_image else None
-    reduction = reduction if layout.any_image else None
     logits, seq = model.apply(params, batch["input_ids"], pixels,
                               batch["attention_mask"], batch["labels"], reduction,
                               layout.images_in_every_sample, train=True,
