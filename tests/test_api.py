@@ -58,3 +58,23 @@ def test_load_onto_mesh_matches_single_device(hf_dir):
     leaf = model.params["text"]["layers"][0]["mlp"]["up_proj"]["kernel"]
     assert len(leaf.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(model.logits(ids, pixels, mask)), ref, atol=1e-5)
+
+
+def test_text_only_generation_skips_the_tower_and_matches_hf():
+    """A batch without images runs no tower and drops no token (nothing to reduce), and
+    answers as HF `generate` does without pixels, with or without a reduction asked for."""
+    from transformers import LlavaForConditionalGeneration
+    from duet_jax.reduction import ReductionConfig, Stage1Config, Stage2Config
+    from tests.helpers.tiny_checkpoint import cached_tiny_checkpoint
+    from tests.helpers.tiny_hf import hf_greedy_per_sample
+    ckpt = cached_tiny_checkpoint()
+    hf = LlavaForConditionalGeneration.from_pretrained(ckpt).eval()
+    model = duet_jax.load_llava(ckpt)
+    batch = model.encode(["What is the capital of a small country?", "Say hi."])
+    assert not batch["has_image"].any()
+    ref = hf_greedy_per_sample(hf, batch["input_ids"], batch["attention_mask"], 5)
+    duet = ReductionConfig("duet", Stage1Config(6, 3, 2), Stage2Config((1, 3), (0.5, 0.0)))
+    for red in (None, duet):
+        out = model.generate_batch(batch, max_new_tokens=5, reduction=red)
+        assert out.forward.features.tokens.shape[1] == 0     # no tower ran
+        np.testing.assert_array_equal(np.asarray(out.tokens), ref)

@@ -185,6 +185,8 @@ class Handle:
         """`generate_tokens` on an encoded batch; Stage 2 needs `media` in every sample."""
         self.check_generation(max_new_tokens, temperature, top_p)
         every = bool(np.all(batch["has_image"]))
+        if not np.any(batch["has_image"]):   # text only: no tower to run, nothing to reduce
+            pixels, red, zoo_inputs = None, None, None
         if red is not None and not every and red.stage2 is not None:
             raise ValueError(f"Stage-2 generation needs {media} in every sample of the batch; "
                              "batch text-only prompts separately")
